@@ -1,0 +1,121 @@
+"""The command line: a thin click layer over bloodml's functions. Errors print one line, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import PARAMETERS, build_config
+from .errors import BloodmlError
+
+
+def run_options(command):
+    """Every run parameter as --name (the spelling `mlflow run -P name=...` passes) and --name-with-dashes."""
+    for name, spec in reversed(list(PARAMETERS.items())):
+        meta = spec.metadata
+        choices = f" [{'|'.join(meta['choices'])}]" if meta["choices"] else ""
+        default = str(spec.default).lower() if isinstance(spec.default, bool) else spec.default
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        command = click.option(*flags, name, default=None, metavar="VALUE",
+                               help=f"{meta['help']}{choices} (default: {default!r})")(command)
+    return click.option("--config", "config_path", default=None, metavar="YAML",
+                        help="run configuration file (experiments/*.yaml); other options override it")(command)
+
+
+def _config(config_path, values):
+    return build_config(config_path or None, {k: v for k, v in values.items() if v is not None})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def cli():
+    """bloodml: train, track and compare transfer-learning CNNs on small blood-cell datasets."""
+
+
+@cli.command()
+@run_options
+def train(config_path, **values):
+    """Train one configured run and log it to MLflow."""
+    from .train import run_training
+
+    run_training(_config(config_path, values))
+
+
+@cli.command("audit-split")
+@click.argument("manifest", required=False, type=click.Path(path_type=Path))
+@click.option("--train", "train_dir", type=click.Path(path_type=Path), help="folder of training images (any depth)")
+@click.option("--val", "val_dir", type=click.Path(path_type=Path), help="folder of validation images")
+@click.option("--test", "test_dir", type=click.Path(path_type=Path), help="folder of test images")
+@click.option("--root", type=click.Path(path_type=Path), help="data folder the manifest's paths are relative to")
+@click.option("--near-distance", default=6, show_default=True, help="perceptual-hash distance counted as a copy")
+def audit_split(manifest, train_dir, val_dir, test_dir, root, near_distance):
+    """Check a split for leaks (same path, same bytes, near copies). Exit 1 if anything leaks, 0 if clean."""
+    from .data.audit import find_leaks, table_from_folders, table_from_manifest
+
+    folders = {k: v for k, v in (("train", train_dir), ("val", val_dir), ("test", test_dir)) if v}
+    if bool(manifest) == bool(folders):
+        raise BloodmlError("audit-split needs either a MANIFEST file or --train/--val/--test folders (not both).")
+    if folders and len(folders) < 2:
+        raise BloodmlError("audit-split needs at least two of --train, --val, --test to compare.")
+    table = table_from_manifest(manifest, root) if manifest else table_from_folders(folders)
+    leaks = find_leaks(table, near_distance)
+    counts = table["split"].value_counts()
+    click.echo("images: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in sorted(counts.index)))
+    if not leaks:
+        click.echo("clean: no image is shared between splits (path, content or near-duplicate)")
+        return
+    by_kind = {k: sum(1 for l in leaks if l.kind == k) for k in ("path", "content", "near-duplicate")}
+    for leak in leaks[:50]:
+        click.echo(f"LEAK {leak.line()}")
+    if len(leaks) > 50:
+        click.echo(f"... and {len(leaks) - 50} more")
+    click.echo(f"LEAKING: {len(leaks)} cross-split pairs ({', '.join(f'{v} {k}' for k, v in by_kind.items())})")
+    sys.exit(1)
+
+
+@cli.group()
+def data():
+    """Look at a dataset before training."""
+
+
+@data.command("inspect")
+@run_options
+def data_inspect(config_path, **values):
+    """Counts per class, image sizes, masks found, duplicates found."""
+    from .data.inspect import inspect_dataset
+
+    for line in inspect_dataset(_config(config_path, values)):
+        click.echo(line)
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="bloodml", standalone_mode=False)
+    except BloodmlError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as error:  # an input we did not foresee: still one line, with a way to get details
+        if os.environ.get("BLOODML_DEBUG"):
+            raise
+        message = " ".join(str(error).split())[:300]
+        click.echo(f"error: {type(error).__name__}: {message} (rerun with BLOODML_DEBUG=1 for details; "
+                   f"please report it)", err=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

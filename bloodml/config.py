@@ -1,0 +1,203 @@
+"""The run configuration: one typed object built from defaults < YAML file < explicit overrides, validated once.
+
+Every field is a user-facing parameter (an ``MLproject`` ``-P`` value, a ``bloodml train --option`` and a YAML key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BloodmlError
+
+
+def _p(default, help: str, choices: tuple | None = None, low=None, high=None, group: str = ""):
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
+                                            "group": group})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- data -------------------------------------------------------------------------------------------------
+    data: str = _p("", "dataset: a folder, a manifest .csv or a .zip", group="data")
+    format: str = _p("auto", "dataset layout", ("auto", "wbc", "manifest", "folders"), group="data")
+    manifest: str = _p("", "manifest/labels CSV inside the data folder (default: the only CSV there)", group="data")
+    image_column: str = _p("image", "manifest column with image paths (relative to the CSV)", group="data")
+    label_column: str = _p("label", "manifest column with labels", group="data")
+    mask_column: str = _p("", "manifest column with mask paths (default: 'mask' if present)", group="data")
+    group_column: str = _p("", "manifest column with patient/smear IDs kept on one side of the split", group="data")
+    masks_dir: str = _p("", "folders layout: parallel folder of masks, same sub-paths", group="data")
+    image_suffix: str = _p(".bmp", "wbc layout: image file extension", group="data")
+    mask_suffix: str = _p(".png", "wbc layout: mask file extension", group="data")
+    class_names: str = _p("", "label code -> name, e.g. '1=neutrophil,2=lymphocyte' (wbc layout has defaults)",
+                          group="data")
+    positive_classes: str = _p("", "comma list: train positive-vs-rest (binary) instead of all classes",
+                               group="data")
+    negative_name: str = _p("", "name of the rest class in binary mode (default not_<positive>)", group="data")
+    min_class_count: int = _p(5, "classes with fewer images are dropped with a warning", low=1, high=100000,
+                              group="data")
+    mask_codes: str = _p("", "mask code -> region, e.g. '0=background,128=cytoplasm,255=nucleus'", group="data")
+    near_duplicate_distance: int = _p(6, "perceptual-hash distance under which images count as copies (-1: off)",
+                                      low=-1, high=32, group="data")
+    # --- split ------------------------------------------------------------------------------------------------
+    val_fraction: float = _p(0.15, "validation share of the images", low=0.01, high=0.9, group="split")
+    test_fraction: float = _p(0.15, "test share of the images", low=0.01, high=0.9, group="split")
+    seed: int = _p(42, "seed for the split, views and training", low=0, high=2**31 - 1, group="split")
+    # --- model ------------------------------------------------------------------------------------------------
+    backbone: str = _p("efficientnet_lite0", "vgg16, resnet50, efficientnet_lite0/1/2 or any timm model name",
+                       group="model")
+    pretrained: bool = _p(True, "start from ImageNet weights", group="model")
+    weights: str = _p("", "local state_dict file for the backbone (instead of downloading)", group="model")
+    image_size: int = _p(128, "network input size in pixels (square)", low=16, high=1024, group="model")
+    finetune: str = _p("none", "backbone layers trained: none (frozen), last block, all", ("none", "last", "all"),
+                       group="model")
+    freeze_epochs: int = _p(0, "head-only epochs before unfreezing (finetune=last/all)", low=0, high=10000,
+                            group="model")
+    backbone_lr_factor: float = _p(0.1, "backbone learning rate = lr x this factor", low=0.0, high=10.0,
+                                   group="model")
+    dropout: float = _p(0.2, "dropout before the classification head", low=0.0, high=0.95, group="model")
+    # --- masks and preprocessing ------------------------------------------------------------------------------
+    masks: str = _p("none", "what the network sees: whole image, cell only, nucleus only, background only",
+                    ("none", "cell", "nucleus", "background"), group="preprocessing")
+    color_space: str = _p("rgb", "input colour space", ("rgb", "bgr", "gray", "hsv"), group="preprocessing")
+    normalize: str = _p("imagenet", "normalisation: backbone's pretraining stats, training-split stats, per image",
+                        ("imagenet", "dataset", "per_image"), group="preprocessing")
+    stain_norm: str = _p("none", "colour normalisation for stain/instrument differences",
+                         ("none", "grey_world", "reinhard"), group="preprocessing")
+    # --- augmentation (training images only) ------------------------------------------------------------------
+    augment: bool = _p(True, "augment training images (image and mask together)", group="augmentation")
+    rotation: float = _p(90.0, "max rotation, degrees", low=0.0, high=180.0, group="augmentation")
+    shift: float = _p(0.05, "max shift, fraction of the size", low=0.0, high=0.5, group="augmentation")
+    shear: float = _p(0.1, "max shear, degrees (Keras shear_range)", low=0.0, high=45.0, group="augmentation")
+    zoom: float = _p(0.1, "max zoom in/out, fraction", low=0.0, high=0.9, group="augmentation")
+    hflip: bool = _p(True, "random horizontal flips", group="augmentation")
+    vflip: bool = _p(True, "random vertical flips", group="augmentation")
+    brightness: float = _p(0.2, "brightness factor range 1 +/- this", low=0.0, high=1.0, group="augmentation")
+    aug_views: int = _p(8, "augmented views per training image (frozen backbone: features computed once per view)",
+                        low=1, high=256, group="augmentation")
+    # --- balancing --------------------------------------------------------------------------------------------
+    balance: str = _p("oversample", "class balancing in the training split", ("none", "oversample", "weights"),
+                      group="balancing")
+    balance_target: int = _p(0, "oversample: images per class per epoch (0: the majority count)", low=0,
+                             high=10**6, group="balancing")
+    # --- optimisation and regularisation ----------------------------------------------------------------------
+    epochs: int = _p(20, "maximum training epochs", low=1, high=10000, group="training")
+    batch_size: int = _p(17, "images per batch", low=1, high=4096, group="training")
+    lr: float = _p(1e-3, "learning rate (Adam) of the head", low=1e-7, high=1.0, group="training")
+    patience: int = _p(5, "early stopping: epochs without val_loss improvement (0: off)", low=0, high=10000,
+                       group="training")
+    min_delta: float = _p(0.0, "early stopping: smallest val_loss decrease that counts", low=0.0, high=10.0,
+                          group="training")
+    l1: float = _p(0.0, "L1 penalty on trained weights", low=0.0, high=10.0, group="training")
+    l2: float = _p(0.0, "L2 penalty on trained weights", low=0.0, high=10.0, group="training")
+    label_smoothing: float = _p(0.0, "label smoothing of the cross-entropy", low=0.0, high=0.99, group="training")
+    threads: int = _p(0, "CPU threads (0: all cores available)", low=0, high=1024, group="training")
+    # --- tracking ---------------------------------------------------------------------------------------------
+    experiment: str = _p("bloodml", "MLflow experiment name", group="tracking")
+    run_name: str = _p("", "MLflow run name (default: backbone-masks)", group="tracking")
+
+    def to_params(self) -> dict[str, str]:
+        """Every parameter as the string MLflow logs."""
+        return {f.name: _format(getattr(self, f.name)) for f in fields(self)}
+
+
+PARAMETERS = {f.name: f for f in fields(RunConfig)}
+
+
+def _format(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    spec = PARAMETERS[name]
+    kind = spec.type if isinstance(spec.type, type) else {"str": str, "int": int, "float": float, "bool": bool}[spec.type]
+    text = "" if value is None else str(value).strip()
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                result = value
+            elif text.lower() in ("true", "1", "yes", "on"):
+                result = True
+            elif text.lower() in ("false", "0", "no", "off"):
+                result = False
+            else:
+                raise ValueError
+        elif kind is int:
+            number = float(text)
+            if number != int(number):
+                raise ValueError
+            result = int(number)
+        elif kind is float:
+            result = float(text)
+            if result != result or result in (float("inf"), float("-inf")):
+                raise ValueError
+        else:
+            result = text
+    except (ValueError, OverflowError):
+        raise BloodmlError(f"{source}: {name}='{value}' is not a valid {kind.__name__}; e.g. "
+                           f"{name}={_format(spec.default) or '...'}.")
+    meta = spec.metadata
+    if meta["choices"] and result not in meta["choices"]:
+        raise BloodmlError(f"{source}: {name}='{result}' is not allowed; use one of {', '.join(meta['choices'])}.")
+    if meta["low"] is not None and not (meta["low"] <= result <= meta["high"]):
+        raise BloodmlError(f"{source}: {name}={result} is out of range; use a value from {meta['low']} "
+                           f"to {meta['high']}.")
+    return result
+
+
+def _unknown(name: str, source: str) -> BloodmlError:
+    close = difflib.get_close_matches(name, PARAMETERS, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return BloodmlError(f"{source}: unknown parameter '{name}'{hint}; see README 'Parameters'.")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BloodmlError(f"config {path}: file not found; pass config=experiments/<name>.yaml.")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise BloodmlError(f"config {path}:{line} is not valid YAML; fix the syntax (key: value per line).")
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise BloodmlError(f"config {path}: must be a mapping of parameter: value; fix the file.")
+    return content
+
+
+def build_config(config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the YAML file's values, then explicit overrides (empty strings and None are 'not given')."""
+    values: dict[str, Any] = {}
+    if config_path:
+        for name, value in load_yaml(config_path).items():
+            if name not in PARAMETERS:
+                raise _unknown(str(name), f"config {config_path}")
+            if isinstance(value, (list, tuple)):
+                value = ",".join(str(v) for v in value)
+            if isinstance(value, dict):
+                value = ",".join(f"{k}={v}" for k, v in value.items())
+            values[name] = _coerce(name, value, f"config {config_path}")
+    for name, value in (overrides or {}).items():
+        if name not in PARAMETERS:
+            raise _unknown(name, "parameter")
+        if value is None or (isinstance(value, str) and value == ""):
+            continue
+        values[name] = _coerce(name, value, "parameter")
+    config = RunConfig(**values)
+    if config.val_fraction + config.test_fraction >= 0.95:
+        raise BloodmlError(f"val_fraction + test_fraction = {config.val_fraction + config.test_fraction:.2f} leaves "
+                           f"too little to train on; keep their sum under 0.95.")
+    return config
+
+
+def replace(config: RunConfig, **changes: Any) -> RunConfig:
+    """A validated copy with some values changed."""
+    return build_config(None, {**config.to_params(), **{k: _format(v) for k, v in changes.items()}})

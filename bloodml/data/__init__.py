@@ -1,0 +1,1 @@
+"""Data layer: read samples, decode masks, group duplicates, split, audit, preload. Knows nothing of MLflow."""

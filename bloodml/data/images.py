@@ -1,0 +1,90 @@
+"""Reading images and masks from disk safely: one clear error per bad file, never a traceback."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import BloodmlError
+
+IMAGE_EXTENSIONS = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
+# Single cells are small; anything above this is not a cell crop and may be a decompression bomb.
+MAX_PIXELS = 50_000_000
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _open(path: Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise BloodmlError(f"{path}: file not found; fix the path or remove its row from the label file.")
+    if path.stat().st_size == 0:
+        raise BloodmlError(f"{path}: empty file (0 bytes); replace it or remove it from the dataset.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            if image.width * image.height > MAX_PIXELS:
+                raise BloodmlError(
+                    f"{path}: {image.width}x{image.height} pixels is too large for a single-cell image "
+                    f"(limit {MAX_PIXELS:,}); crop or downscale it first."
+                )
+            image.load()
+    except BloodmlError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BloodmlError(f"{path}: image is too large (decompression-bomb guard); crop or downscale it first.")
+    except UnidentifiedImageError:
+        raise BloodmlError(f"{path}: not a readable image; replace it with a valid PNG/JPEG/BMP/TIFF or remove it.")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BloodmlError(f"{path}: corrupt or truncated image ({exc}); replace it or remove it from the dataset.")
+    return image
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.integer):
+        top = 65535 if array.max(initial=0) > 255 else 255
+        return (array.astype(np.float64) * (255.0 / top)).round().astype(np.uint8)
+    array = np.nan_to_num(array.astype(np.float64))
+    top = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+    return np.clip(array / top * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image as an (H, W, 3) uint8 RGB array, whatever its mode (grey, palette, 16-bit, CMYK, alpha)."""
+    image = _open(path)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        grey = _to_uint8(np.asarray(image))
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGBA").convert("RGB") if "A" in image.mode or image.mode == "P" else image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def read_mask_array(path: Path) -> np.ndarray:
+    """A mask as an (H, W) grey or (H, W, 3) RGB uint8 array, keeping its codes exact (no colour management)."""
+    image = _open(path)
+    if image.mode == "P":
+        image = image.convert("RGB")
+    if image.mode in ("RGBA", "LA"):
+        image = image.convert(image.mode[:-1])
+    if image.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image)
+        if image.mode == "1":
+            return array.astype(np.uint8)
+        return array if array.dtype == np.uint8 else _to_uint8(array)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    rgb = np.asarray(image, dtype=np.uint8)
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return rgb[..., 0].copy()
+    return rgb.copy()

@@ -1,0 +1,269 @@
+"""Dataset readers: each turns a user's folder into one sample table (path, label, mask_path, group).
+
+Formats: ``wbc`` (labels CSV with numeric IDs + ``NNN.<ext>`` images and masks, as wbc-zheng2018),
+``manifest`` (a CSV with image / label / optional mask / optional group columns),
+``folders`` (one sub-folder per class, optional parallel masks folder), and a ``.zip`` of any of these.
+Every path is checked to stay inside the data folder; problems raise one-line :class:`BloodmlError`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import BloodmlError
+from .images import is_image_file
+
+FORMATS = ("auto", "wbc", "manifest", "folders")
+TABLE_COLUMNS = ["path", "label", "mask_path", "group", "source"]
+WBC_CLASS_NAMES = {"1": "neutrophil", "2": "lymphocyte", "3": "monocyte", "4": "eosinophil", "5": "basophil"}
+MAX_ZIP_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """What a reader needs to know beyond the folder itself (all come from the run configuration)."""
+
+    format: str = "auto"
+    manifest: str = ""  # CSV file name inside the data folder (manifest format)
+    image_column: str = "image"
+    label_column: str = "label"
+    mask_column: str = ""  # "" = use a column called 'mask' if there is one
+    group_column: str = ""
+    masks_dir: str = ""  # folders format: parallel folder of masks (relative to data or absolute)
+    image_suffix: str = ".bmp"  # wbc format
+    mask_suffix: str = ".png"  # wbc format
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """Read a label CSV tolerating BOMs, CRLF and stray whitespace; strings only."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BloodmlError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV (Excel: 'CSV UTF-8')."
+        )
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise BloodmlError(f"{path}: not a readable CSV ({str(exc).strip().splitlines()[0]}); fix the file.")
+    table.columns = [str(c).strip() for c in table.columns]
+    return table.apply(lambda col: col.str.strip())
+
+
+def _inside(root: Path, relative: str, source: str) -> Path:
+    """Resolve ``relative`` against ``root`` and refuse anything (``../``, symlinks) that leaves it."""
+    if not relative:
+        raise BloodmlError(f"{source}: empty file name; fill it in or remove the row.")
+    candidate = Path(relative)
+    path = candidate if candidate.is_absolute() else root / candidate
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise BloodmlError(
+            f"{source}: '{relative}' points outside the data folder {root}; keep images and masks inside it."
+        )
+    return path
+
+
+def _require_columns(table: pd.DataFrame, columns: dict[str, str], source: Path) -> None:
+    for option, column in columns.items():
+        if column and column not in table.columns:
+            raise BloodmlError(
+                f"{source}: no column '{column}' (columns: {', '.join(table.columns)}); "
+                f"set {option}= to the right column name."
+            )
+
+
+def read_manifest(csv_path: Path, options: ReaderOptions) -> pd.DataFrame:
+    csv_path = Path(csv_path)
+    root = csv_path.parent
+    table = read_csv(csv_path)
+    mask_column = options.mask_column or ("mask" if "mask" in table.columns else "")
+    _require_columns(
+        table,
+        {"image_column": options.image_column, "label_column": options.label_column,
+         "mask_column": mask_column, "group_column": options.group_column},
+        csv_path,
+    )
+    rows = []
+    for line, row in enumerate(table.to_dict("records"), start=2):
+        where = f"{csv_path}:{line}"
+        label = row[options.label_column]
+        if label == "":
+            raise BloodmlError(f"{where}: empty label; fill it in or remove the row.")
+        mask = row[mask_column] if mask_column else ""
+        rows.append({
+            "path": _inside(root, row[options.image_column], where),
+            "label": label,
+            "mask_path": _inside(root, mask, where) if mask else None,
+            "group": row[options.group_column] or None if options.group_column else None,
+            "source": where,
+        })
+    return _finish(rows, csv_path)
+
+
+def _find_label_csv(folder: Path) -> Path:
+    csvs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    if len(csvs) != 1:
+        found = ", ".join(p.name for p in csvs) or "none"
+        raise BloodmlError(f"{folder}: the wbc format needs exactly one labels CSV (found: {found}); "
+                           f"pass manifest=<file> to choose one.")
+    return csvs[0]
+
+
+def read_wbc(folder: Path, options: ReaderOptions) -> pd.DataFrame:
+    """Labels CSV with columns (ID, label); image ``NNN<image_suffix>`` and mask ``NNN<mask_suffix>``."""
+    folder = Path(folder)
+    csv_path = folder / options.manifest if options.manifest else _find_label_csv(folder)
+    table = read_csv(csv_path)
+    if table.shape[1] < 2:
+        raise BloodmlError(f"{csv_path}: needs two columns (image ID, class label); fix the file.")
+    by_number: dict[int, Path] = {}
+    masks: dict[int, Path] = {}
+    for path in folder.iterdir():
+        if path.stem.isdigit():
+            if path.suffix.lower() == options.image_suffix.lower():
+                by_number[int(path.stem)] = path
+            elif path.suffix.lower() == options.mask_suffix.lower():
+                masks[int(path.stem)] = path
+    id_col, label_col = table.columns[0], table.columns[1]
+    rows, seen = [], {}
+    for line, row in enumerate(table.to_dict("records"), start=2):
+        where = f"{csv_path}:{line}"
+        ident = row[id_col]
+        if not re.fullmatch(r"\d+", ident):
+            raise BloodmlError(f"{where}: image ID '{ident}' is not a number; fix the row.")
+        number = int(ident)
+        if number in seen:
+            raise BloodmlError(f"{where}: image ID {number} is listed twice (first on line {seen[number]}); "
+                               f"keep one row per image.")
+        seen[number] = line
+        if number not in by_number:
+            raise BloodmlError(f"{where}: no image file for ID {number} (expected e.g. "
+                               f"{number:03d}{options.image_suffix} in {folder}); add it or remove the row.")
+        if row[label_col] == "":
+            raise BloodmlError(f"{where}: empty label; fill it in or remove the row.")
+        rows.append({"path": by_number[number], "label": row[label_col],
+                     "mask_path": masks.get(number), "group": None, "source": where})
+    return _finish(rows, csv_path)
+
+
+def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
+    folder = Path(folder)
+    masks_root = None
+    if options.masks_dir:
+        masks_root = Path(options.masks_dir)
+        masks_root = masks_root if masks_root.is_absolute() else folder / masks_root
+        if not masks_root.is_dir():
+            raise BloodmlError(f"masks_dir {masks_root} is not a folder; fix the path or leave masks_dir empty.")
+    rows = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if masks_root is not None and class_dir.resolve() == masks_root.resolve():
+            continue
+        for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p)):
+            _inside(folder, str(path.relative_to(folder)), str(path))
+            mask = None
+            if masks_root is not None:
+                rel = path.relative_to(folder).with_suffix("")
+                candidates = sorted(masks_root.glob(f"{rel}.*"))
+                mask = candidates[0] if candidates else None
+            rows.append({"path": path, "label": class_dir.name, "mask_path": mask, "group": None,
+                         "source": str(path)})
+    return _finish(rows, folder)
+
+
+def _finish(rows: list[dict], source: Path) -> pd.DataFrame:
+    if not rows:
+        raise BloodmlError(f"{source}: no labelled images found; check the folder and the format= option.")
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    table["path"] = table["path"].map(str)
+    table["mask_path"] = table["mask_path"].map(lambda p: str(p) if p is not None else None)
+    duplicated = table["path"].duplicated()
+    if duplicated.any():
+        raise BloodmlError(f"{source}: image {table.loc[duplicated, 'path'].iloc[0]} is listed more than once; "
+                           f"keep one row per image.")
+    return table
+
+
+def extract_zip(archive: Path, workdir: Path | None = None) -> Path:
+    """Extract a dataset zip into a fresh working folder, refusing entries that would escape it (zip-slip)."""
+    archive = Path(archive)
+    try:
+        handle = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile:
+        raise BloodmlError(f"{archive}: not a valid zip file; re-create the archive.")
+    target = Path(tempfile.mkdtemp(prefix="bloodml-zip-", dir=workdir))
+    with handle:
+        total = 0
+        for info in handle.infolist():
+            name = info.filename
+            if name.startswith("/") or ".." in Path(name).parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise BloodmlError(f"{archive}: entry '{name}' would be written outside the extraction folder "
+                                   f"(zip-slip or symlink); rebuild the zip with plain relative paths.")
+            total += info.file_size
+            if total > MAX_ZIP_BYTES:
+                raise BloodmlError(f"{archive}: unpacks to more than {MAX_ZIP_BYTES >> 30} GiB; unzip it yourself.")
+        try:
+            handle.extractall(target)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise BloodmlError(f"{archive}: damaged zip ({exc}); re-create the archive.")
+    entries = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+
+
+def detect_format(folder: Path, options: ReaderOptions) -> str:
+    folder = Path(folder)
+    if folder.is_file():
+        return "manifest"
+    if options.manifest:
+        header = read_csv(folder / options.manifest).columns
+        return "manifest" if options.image_column in header else "wbc"
+    csvs = [p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file()]
+    if csvs:
+        if any(options.image_column in read_csv(p).columns for p in csvs):
+            return "manifest"
+        if any(p.stem.isdigit() and is_image_file(p) for p in folder.iterdir()):
+            return "wbc"
+    if any(p.is_dir() and any(is_image_file(f) for f in p.rglob("*")) for p in folder.iterdir()):
+        return "folders"
+    raise BloodmlError(
+        f"{folder}: cannot tell the dataset layout; pass format= (wbc, manifest or folders) and see README 'Data'."
+    )
+
+
+def read_dataset(data: str | Path, options: ReaderOptions, workdir: Path | None = None) -> tuple[pd.DataFrame, str, Path]:
+    """Read any supported layout. Returns (sample table, format used, data root)."""
+    if not str(data):
+        raise BloodmlError("no data given; pass data=<folder, CSV or zip> (or a config with a data: entry).")
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise BloodmlError(f"{data}: no such file or folder; check the data= path.")
+    if options.format not in FORMATS:
+        raise BloodmlError(f"format='{options.format}' is unknown; use one of {', '.join(FORMATS)}.")
+    if data.is_file() and data.suffix.lower() == ".zip":
+        data = extract_zip(data, workdir)
+    elif data.is_file() and data.suffix.lower() != ".csv":
+        raise BloodmlError(f"{data}: data must be a folder, a manifest .csv or a .zip; point data= at one.")
+    fmt = detect_format(data, options) if options.format == "auto" else options.format
+    if fmt == "manifest":
+        csv_path = data if data.is_file() else None
+        if csv_path is None:
+            if options.manifest:
+                csv_path = data / options.manifest
+            else:
+                csv_path = _find_label_csv(data)
+        if not csv_path.is_file():
+            raise BloodmlError(f"{csv_path}: manifest not found; fix manifest= or data=.")
+        return read_manifest(csv_path, options), fmt, csv_path.parent
+    if data.is_file():
+        raise BloodmlError(f"{data}: format={fmt} needs a folder, not a file; point data= at the folder.")
+    reader = {"wbc": read_wbc, "folders": read_folders}[fmt]
+    table = reader(data, options)
+    return table, fmt, data

@@ -1,0 +1,110 @@
+"""Leak-proof splits: copies and near-copies share a group, groups never straddle train/val/test.
+
+Pure functions on the sample table; deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from ..errors import BloodmlError
+from .hashing import hash_matrix
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ["path", "label", "group", "split", "sha256", "phash", "mask_path"]
+
+
+def duplicate_groups(table: pd.DataFrame, near_distance: int) -> pd.Series:
+    """Union of: the user's group column, identical file content, perceptual hashes within ``near_distance``.
+
+    Returns one group id per row (the smallest row index of the component, as 'g<index>').
+    """
+    n = len(table)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    for column in ("group", "sha256"):
+        if column in table:
+            for members in table.groupby(table[column].where(table[column].notna()), sort=False).indices.values():
+                for j in members[1:]:
+                    union(members[0], j)
+    if near_distance >= 0 and "phash" in table:
+        close = np.argwhere(np.triu(hash_matrix(list(table["phash"])) <= near_distance, k=1))
+        for i, j in close:
+            union(int(i), int(j))
+    return pd.Series([f"g{find(i)}" for i in range(n)], index=table.index)
+
+
+def _check_group_labels(table: pd.DataFrame, groups: pd.Series) -> None:
+    mixed = table.groupby(groups)["label"].nunique()
+    if (mixed > 1).any():
+        members = table.loc[groups == mixed[mixed > 1].index[0]]
+        raise BloodmlError(
+            f"{members['path'].iloc[0]} and {members['path'].iloc[1]} are copies (or share a group) but carry "
+            f"different labels ({', '.join(sorted(members['label'].unique()))}); fix the labels or remove one copy."
+        )
+
+
+def assign_splits(table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
+                  near_distance: int = 6) -> pd.DataFrame:
+    """Stratified, group-aware train/val/test split. Returns the table with 'group' and 'split' columns."""
+    if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and val_fraction + test_fraction < 1):
+        raise BloodmlError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must each lie in (0, 1) "
+                           f"and add up to less than 1; e.g. 0.15 and 0.15.")
+    table = table.reset_index(drop=True).copy()
+    groups = duplicate_groups(table, near_distance)
+    _check_group_labels(table, groups)
+    table["group"] = groups
+    per_group = table.groupby("group", sort=True)["label"].first()
+    group_counts = per_group.value_counts()
+    test_share = test_fraction
+    val_share = val_fraction / (1 - test_fraction)
+    for label, n_groups in group_counts.items():
+        need = 3
+        if n_groups < need or round(n_groups * test_fraction) < 1 or round(n_groups * (1 - test_fraction) * val_share) < 1:
+            raise BloodmlError(
+                f"class '{label}' has {n_groups} independent image(s): too few for one in each of train/val/test at "
+                f"val_fraction={val_fraction}, test_fraction={test_fraction}; add images, raise the fractions, or "
+                f"drop it with min_class_count={n_groups + 1}."
+            )
+    ids, labels = per_group.index.to_numpy(), per_group.to_numpy()
+    try:
+        rest_ids, test_ids = train_test_split(ids, test_size=test_share, stratify=labels, random_state=seed)
+        rest_labels = per_group.loc[rest_ids].to_numpy()
+        train_ids, val_ids = train_test_split(rest_ids, test_size=val_share, stratify=rest_labels,
+                                              random_state=seed + 1)
+    except ValueError as exc:
+        raise BloodmlError(f"cannot stratify the split ({exc}); add images to small classes or change the fractions.")
+    split_of = {**{g: "train" for g in train_ids}, **{g: "val" for g in val_ids}, **{g: "test" for g in test_ids}}
+    table["split"] = table["group"].map(split_of)
+    return table
+
+
+def manifest(table: pd.DataFrame, root: str) -> pd.DataFrame:
+    """The split manifest as logged: paths relative to the data root where possible, one row per image."""
+    out = table.copy()
+    base = Path(root).resolve()
+
+    def rel(p):
+        if not isinstance(p, str) or not p:
+            return ""
+        resolved = Path(p).resolve()
+        return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else str(p)
+
+    out["path"] = out["path"].map(rel)
+    out["mask_path"] = out["mask_path"].map(rel)
+    return out[[c for c in MANIFEST_COLUMNS if c in out]]

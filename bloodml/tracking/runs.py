@@ -1,0 +1,38 @@
+"""Logging one training run: parameters (without clashing with what `mlflow run` logged), metrics, tags, files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Param
+
+
+@contextmanager
+def training_run(experiment: str, run_name: str, nested: bool = False):
+    """Start (or, under `mlflow run`, attach to) a run. Sets the experiment only when not launched by mlflow run."""
+    if not os.environ.get("MLFLOW_RUN_ID") and not nested:
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name or None, nested=nested) as run:
+        yield run
+
+
+def log_params(params: dict[str, str]) -> None:
+    """Log every parameter not already on the run (`mlflow run` logs the -P values itself; params are immutable)."""
+    run = mlflow.active_run()
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    for start in range(0, len(new), 100):
+        mlflow.MlflowClient().log_batch(run.info.run_id, params=new[start:start + 100])
+
+
+def log_table(table: pd.DataFrame, artifact_file: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        table.to_csv(path, index=False)
+        parent = str(Path(artifact_file).parent)
+        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)

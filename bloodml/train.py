@@ -1,0 +1,141 @@
+"""One configured training run, tracked in MLflow: data -> split -> model -> fit -> evaluate -> log.
+
+This module orchestrates; every step lives in its own module (data/, models/, training/, evaluation/, tracking/).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data.dataset import ImageSet, preload
+from .data.prepare import PreparedData, mask_codes, prepare
+from .data.splits import manifest
+from .data.transforms import build_augmentation, fit_preprocess
+from .evaluation.metrics import classification_metrics, majority_rate
+from .models.classifier import BloodCellClassifier
+from .models.head import Head
+from .models.registry import create_backbone
+from .runtime import configure, say, show_progress
+from .tracking.model import log_model
+from .tracking.runs import log_params, log_table, training_run
+from .tracking.store import configure_tracking, ui_hint
+from .training.features import augmented_view, extract_features, network_input
+from .training.loop import EpochRecord, FinetuneTrainer, HeadTrainer, TrainSettings, fit
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    metrics: dict[str, float]
+    best_epoch: int
+    stopped_epoch: int
+    classes: list[str]
+    tracking_uri: str
+
+
+def augmentation(config: RunConfig):
+    if not config.augment:
+        return None
+    return build_augmentation(config.rotation, config.shift, config.shear, config.zoom, config.hflip, config.vflip,
+                              config.brightness)
+
+
+def settings_from(config: RunConfig) -> TrainSettings:
+    return TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, balance=config.balance,
+                         balance_target=config.balance_target, l1=config.l1, l2=config.l2,
+                         label_smoothing=config.label_smoothing, patience=config.patience,
+                         min_delta=config.min_delta, seed=config.seed)
+
+
+@torch.no_grad()
+def predict_probabilities(model: BloodCellClassifier, images: ImageSet, mask_mode: str, batch: int = 64) -> np.ndarray:
+    model.eval()
+    parts = [model(network_input(images.images[i:i + batch], images.regions[i:i + batch], mask_mode))
+             for i in range(0, len(images), batch)]
+    return torch.cat(parts).numpy()
+
+
+def build_trainer(config: RunConfig, backbone, preprocess, head, train: ImageSet, val: ImageSet, classes, progress):
+    settings = settings_from(config)
+    transform = augmentation(config)
+    if config.finetune == "none":
+        views = config.aug_views if transform is not None else 1
+        started = time.perf_counter()
+        train_features = torch.stack([
+            extract_features(backbone, preprocess, *(augmented_view(train.images, train.regions, transform,
+                                                                     config.seed * 100_003 + v)
+                                                     if transform is not None else (train.images, train.regions)),
+                             config.masks, desc=f"features view {v + 1}/{views}", progress=progress)
+            for v in range(views)])
+        val_features = extract_features(backbone, preprocess, val.images, val.regions, config.masks,
+                                        desc="features val", progress=progress)
+        say(f"features: {views} view(s) x {len(train)} training images + {len(val)} validation images "
+            f"in {time.perf_counter() - started:.1f}s")
+        return HeadTrainer(head, train_features, train.labels, val_features, val.labels, len(classes), settings)
+    return FinetuneTrainer(backbone, preprocess, head, train, val, config.masks, transform, config.finetune,
+                           config.freeze_epochs, config.backbone_lr_factor, len(classes), settings)
+
+
+def epoch_logger(total: int):
+    def log(record: EpochRecord) -> None:
+        mlflow.log_metrics({"train_loss": record.train_loss, "train_accuracy": record.train_accuracy,
+                            "val_loss": record.val_loss, "val_accuracy": record.val_accuracy}, step=record.epoch)
+        say(f"epoch {record.epoch}/{total}  train_loss={record.train_loss:.4f} train_acc={record.train_accuracy:.3f}  "
+            f"val_loss={record.val_loss:.4f} val_acc={record.val_accuracy:.3f}  ({record.seconds:.1f}s)")
+    return log
+
+
+def run_training(config: RunConfig, data: PreparedData | None = None) -> TrainResult:
+    progress = show_progress()
+    threads = configure(config.threads, config.seed)
+    uri = configure_tracking()
+    started = time.perf_counter()
+    data = data or prepare(config, progress=progress)
+    for note in data.notes:
+        say(f"note: {note}")
+    codes = mask_codes(config)
+    sets = {name: preload(data.split(name), data.classes, config.image_size, codes, progress)
+            for name in ("train", "val", "test")}
+    backbone = create_backbone(config.backbone, config.pretrained, config.weights)
+    train_input = network_input(sets["train"].images, sets["train"].regions, config.masks)
+    preprocess = fit_preprocess(train_input, config.color_space, config.stain_norm, config.normalize,
+                                backbone.mean, backbone.std)
+    torch.manual_seed(config.seed)
+    head = Head(backbone.feature_dim, len(data.classes), config.dropout)
+    counts = data.table.groupby(["split", "label"]).size()
+    say(f"data: {len(data.table)} images, classes {', '.join(data.classes)}; "
+        + "; ".join(f"{s} {int(counts[s].sum())}" for s in ("train", "val", "test")))
+
+    run_name = config.run_name or f"{config.backbone}-{config.masks}"
+    with training_run(config.experiment, run_name) as run:
+        log_params(config.to_params())
+        mlflow.set_tags({"masks_used": str(config.masks != "none").lower(), "bloodml.task": "train",
+                         "data_format": data.format, "classes": ",".join(data.classes), "threads": str(threads)})
+        log_table(manifest(data.table, str(data.root)), "split_manifest.csv")
+        trainer = build_trainer(config, backbone, preprocess, head, sets["train"], sets["val"], data.classes,
+                                progress)
+        result = fit(trainer, settings_from(config), epoch_logger(config.epochs))
+        model = BloodCellClassifier(preprocess, backbone, head, data.classes, config.image_size, config.masks).eval()
+        metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
+        for split in ("val", "test"):
+            probabilities = predict_probabilities(model, sets[split], config.masks)
+            labels = sets[split].labels.numpy()
+            metrics.update(classification_metrics(labels, probabilities, prefix=f"{split}_final_" if split == "val"
+                                                  else "test_"))
+            metrics[f"{split}_majority_rate"] = majority_rate(labels)
+        metrics["train_seconds"] = time.perf_counter() - started
+        metrics.update({f"n_{s}": float(len(sets[s])) for s in ("train", "val", "test")})
+        mlflow.log_metrics(metrics)
+        example = network_input(sets["test"].images[:2], sets["test"].regions[:2], config.masks)
+        log_model(model, example, {"backbone": config.backbone, "bloodml_version": __import__("bloodml").__version__})
+        say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
+            f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
+            f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")
+        say(f"see it: {ui_hint(uri)}")
+    return TrainResult(run.info.run_id, metrics, result.best_epoch, result.stopped_epoch, data.classes, uri)

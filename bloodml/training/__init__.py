@@ -1,0 +1,1 @@
+"""Training: the epoch loop and its techniques (balancing, regularisation, early stopping, fine-tuning)."""

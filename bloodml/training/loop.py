@@ -1,0 +1,227 @@
+"""The training loop: epochs, validation, early stopping with best-weights restore.
+
+Two trainers share one loss/penalty/optimiser setup: :class:`HeadTrainer` trains the head on features computed
+once per augmented view (frozen backbone), :class:`FinetuneTrainer` trains backbone layers on augmented images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.dataset import ImageSet
+from ..data.transforms import Preprocess, augment
+from ..models.head import Head
+from ..models.registry import Backbone
+from .balancing import class_weights, epoch_indices
+from .early_stopping import EarlyStopping
+from .features import network_input
+from .regularisation import penalised, penalty
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    balance: str = "none"
+    balance_target: int = 0
+    l1: float = 0.0
+    l2: float = 0.0
+    label_smoothing: float = 0.0
+    patience: int = 0
+    min_delta: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord]
+    best_epoch: int
+    stopped_epoch: int
+    best_val_loss: float
+
+
+class _Trainer:
+    """Shared parts: the loss (class weights, label smoothing, L1/L2) and the batching of one epoch."""
+
+    def __init__(self, head: Head, train_labels: torch.Tensor, num_classes: int, settings: TrainSettings):
+        self.head, self.settings, self.num_classes = head, settings, num_classes
+        self.train_labels = train_labels
+        self.rng = np.random.default_rng(settings.seed)
+        self.weights = class_weights(train_labels.numpy(), num_classes) if settings.balance == "weights" else None
+
+    def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, weight=self.weights, label_smoothing=self.settings.label_smoothing)
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def regularisation(self) -> torch.Tensor:
+        return penalty(penalised(self.trained_parameters()), self.settings.l1, self.settings.l2)
+
+    def batches(self) -> list[np.ndarray]:
+        order = epoch_indices(self.train_labels.numpy(), self.settings.balance, self.settings.balance_target, self.rng)
+        size = self.settings.batch_size
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    def optimise(self, optimiser: torch.optim.Optimizer, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        loss = self.data_loss(logits, targets)
+        total = loss + self.regularisation()
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        optimiser.step()
+        return float(loss.detach())
+
+    @staticmethod
+    def summarise(losses: list[float], sizes: list[int], correct: int) -> tuple[float, float]:
+        n = sum(sizes)
+        return float(np.dot(losses, sizes) / max(n, 1)), correct / max(n, 1)
+
+
+class HeadTrainer(_Trainer):
+    """Frozen backbone: ``train_features`` is (views, N, D); each draw of an image picks one of its views."""
+
+    def __init__(self, head: Head, train_features: torch.Tensor, train_labels: torch.Tensor,
+                 val_features: torch.Tensor, val_labels: torch.Tensor, num_classes: int, settings: TrainSettings):
+        super().__init__(head, train_labels, num_classes, settings)
+        self.train_features, self.val_features, self.val_labels = train_features, val_features, val_labels
+        self.optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
+
+    def trained_parameters(self):
+        return list(self.head.parameters())
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        self.head.train()
+        losses, sizes, correct = [], [], 0
+        views = self.train_features.shape[0]
+        for index in self.batches():
+            view = self.rng.integers(0, views, size=len(index))
+            x = self.train_features[torch.as_tensor(view), torch.as_tensor(index)]
+            y = self.train_labels[torch.as_tensor(index)]
+            logits = self.head(x)
+            losses.append(self.optimise(self.optimiser, logits, y))
+            sizes.append(len(index))
+            correct += int((logits.argmax(1) == y).sum())
+        return self.summarise(losses, sizes, correct)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        self.head.eval()
+        logits = self.head(self.val_features)
+        return float(F.cross_entropy(logits, self.val_labels)), float((logits.argmax(1) == self.val_labels).float().mean())
+
+    def state(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+
+    def load_state(self, state: dict) -> None:
+        self.head.load_state_dict(state)
+
+
+class FinetuneTrainer(_Trainer):
+    """Trains the last block (``finetune=last``) or the whole backbone (``all``) with the head, images augmented
+    on the fly; the first ``freeze_epochs`` train the head alone."""
+
+    def __init__(self, backbone: Backbone, preprocess: Preprocess, head: Head, train: ImageSet, val: ImageSet,
+                 mask_mode: str, transform, finetune: str, freeze_epochs: int, backbone_lr_factor: float,
+                 num_classes: int, settings: TrainSettings, eval_batch: int = 64):
+        super().__init__(head, train.labels, num_classes, settings)
+        self.backbone, self.preprocess, self.train, self.val = backbone, preprocess, train, val
+        self.mask_mode, self.transform, self.finetune, self.freeze_epochs = mask_mode, transform, finetune, freeze_epochs
+        self.eval_batch = eval_batch
+        if finetune == "all":
+            self.unfrozen = list(backbone.parameters())
+            self.trainable_modules = [backbone]
+        else:
+            self.trainable_modules = [backbone.submodule(name) for name in backbone.last_block]
+            self.unfrozen = [p for m in self.trainable_modules for p in m.parameters()]
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.optimiser = torch.optim.Adam([
+            {"params": list(head.parameters()), "lr": settings.lr},
+            {"params": self.unfrozen, "lr": settings.lr * backbone_lr_factor},
+        ])
+        self.backbone.to(memory_format=torch.channels_last)
+
+    def trained_parameters(self):
+        return list(self.head.parameters()) + [p for p in self.unfrozen if p.requires_grad]
+
+    def _set_mode(self, epoch: int) -> None:
+        active = epoch > self.freeze_epochs
+        for p in self.unfrozen:
+            p.requires_grad_(active)
+        self.backbone.eval()  # frozen layers keep their running statistics
+        if active:
+            for module in self.trainable_modules:
+                module.train()
+        self.head.train()
+
+    def _logits(self, images, regions) -> torch.Tensor:
+        x = self.preprocess(network_input(images, regions, self.mask_mode)).contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(x))
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        self._set_mode(epoch)
+        torch.manual_seed(self.settings.seed * 1000 + epoch)
+        losses, sizes, correct = [], [], 0
+        for index in self.batches():
+            idx = torch.as_tensor(index)
+            images, regions = augment(self.train.images[idx], self.train.regions[idx], self.transform)
+            y = self.train.labels[idx]
+            logits = self._logits(images, regions)
+            losses.append(self.optimise(self.optimiser, logits, y))
+            sizes.append(len(index))
+            correct += int((logits.argmax(1) == y).sum())
+        return self.summarise(losses, sizes, correct)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        self.backbone.eval()
+        self.head.eval()
+        logits = torch.cat([self._logits(self.val.images[i:i + self.eval_batch], self.val.regions[i:i + self.eval_batch])
+                            for i in range(0, len(self.val), self.eval_batch)])
+        y = self.val.labels
+        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+    def state(self) -> dict:
+        return {"head": {k: v.detach().clone() for k, v in self.head.state_dict().items()},
+                "backbone": {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}}
+
+    def load_state(self, state: dict) -> None:
+        self.head.load_state_dict(state["head"])
+        self.backbone.load_state_dict(state["backbone"])
+
+
+def fit(trainer, settings: TrainSettings, on_epoch: Callable[[EpochRecord], None] | None = None) -> FitResult:
+    """Run epochs until ``settings.epochs`` or early stopping; restore the best epoch's weights at the end."""
+    stopper = EarlyStopping(settings.patience, settings.min_delta)
+    history: list[EpochRecord] = []
+    for epoch in range(1, settings.epochs + 1):
+        start = time.perf_counter()
+        train_loss, train_acc = trainer.train_epoch(epoch)
+        val_loss, val_acc = trainer.validate()
+        record = EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start)
+        history.append(record)
+        stop = stopper.step(epoch, val_loss, trainer.state())
+        if on_epoch:
+            on_epoch(record)
+        if stop:
+            break
+    trainer.load_state(stopper.best_state)
+    return FitResult(history, stopper.best_epoch, history[-1].epoch, stopper.best_loss)

@@ -1,0 +1,58 @@
+import shutil
+
+import numpy as np
+
+from bloodml.config import build_config
+from bloodml.data.prepare import prepare
+from bloodml.data.splits import manifest
+from clihelp import run_cli
+from conftest import WBC, needs_wbc
+
+
+def _copy_split(files, folder):
+    for path in files:
+        target = folder / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+
+
+@needs_wbc
+def test_lab_script_split_is_caught_and_bloodmls_passes(tmp_path, capsys):
+    files = np.array(sorted(WBC.glob("*.bmp")))
+    rng = np.random.default_rng(0)
+    # The student lab's bug: validation and test each sampled from the full set; training = all minus validation.
+    val = rng.choice(len(files), size=45, replace=False)
+    test = rng.choice(len(files), size=45, replace=False)
+    train = np.setdiff1d(np.arange(len(files)), val)
+    lab = tmp_path / "lab"
+    for name, index in (("train", train), ("val", val), ("test", test)):
+        _copy_split(files[index], lab / name / "nested")
+    code, out, _ = run_cli(capsys, "audit-split", "--train", lab / "train", "--val", lab / "val", "--test", lab / "test")
+    assert code == 1 and "LEAKING" in out and "content: " in out
+
+    config = build_config(None, {"data": str(WBC)})
+    table = prepare(config, progress=False).table
+    manifest_csv = tmp_path / "split_manifest.csv"
+    manifest(table, str(WBC)).to_csv(manifest_csv, index=False)
+    code, out, _ = run_cli(capsys, "audit-split", manifest_csv, "--root", WBC)
+    assert code == 0 and "clean" in out, out
+
+    ours = tmp_path / "ours"
+    for name in ("train", "val", "test"):
+        _copy_split([WBC / p for p in table.loc[table["split"] == name, "path"].map(lambda p: p.split("/")[-1])],
+                    ours / name)
+    code, out, _ = run_cli(capsys, "audit-split", "--train", ours / "train", "--val", ours / "val", "--test", ours / "test")
+    assert code == 0, out
+
+
+def test_audit_reports_path_content_and_near_copies(make_folders, tmp_path, capsys):
+    root = make_folders(per_class=2, classes=("alpha",))
+    images = sorted((root / "alpha").glob("*.png"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(images[0], tmp_path / "a" / "x.png")
+    shutil.copy(images[0], tmp_path / "b" / "y.png")
+    code, out, _ = run_cli(capsys, "audit-split", "--train", tmp_path / "a", "--test", tmp_path / "b")
+    assert code == 1 and "content: train/" in out
+    code, out, err = run_cli(capsys, "audit-split")
+    assert code == 2 and err.startswith("error: audit-split needs")

@@ -1,0 +1,91 @@
+"""Bad input through the CLI: one line naming the file or value and the fix, exit code 2, no traceback."""
+
+import pytest
+from PIL import Image
+
+from clihelp import run_cli
+from conftest import TINY_BACKBONE
+
+
+def _train(capsys, data, *extra):
+    code, out, err = run_cli(capsys, "train", "--data", data, "--backbone", TINY_BACKBONE, "--pretrained", "false",
+                             "--image_size", "32", "--epochs", "1", "--min_class_count", "2",
+                             "--near_duplicate_distance", "-1", *extra)
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err + out
+    return err
+
+
+def test_row_whose_image_is_missing(make_wbc, capsys):
+    root = make_wbc(per_class=5)
+    (root / "003.bmp").unlink()
+    assert "labels.csv:4: no image file for ID 3" in _train(capsys, root)
+
+
+def test_corrupt_image(make_wbc, capsys):
+    root = make_wbc(per_class=5)
+    data = (root / "004.bmp").read_bytes()
+    (root / "004.bmp").write_bytes(data[: len(data) // 3])
+    assert "004.bmp: corrupt or truncated image" in _train(capsys, root)
+
+
+def test_text_file_with_an_image_extension(make_wbc, capsys):
+    root = make_wbc(per_class=5)
+    (root / "005.bmp").write_text("not an image")
+    assert "005.bmp: not a readable image" in _train(capsys, root)
+
+
+def test_zero_byte_image(make_wbc, capsys):
+    root = make_wbc(per_class=5)
+    (root / "006.bmp").write_bytes(b"")
+    assert "006.bmp: empty file" in _train(capsys, root)
+
+
+def test_mask_that_cannot_match_its_image(make_wbc, capsys):
+    root = make_wbc(per_class=5)
+    Image.new("L", (60, 10)).save(root / "002.png")
+    assert "002.png: mask is 60x10 but its image is 24x24" in _train(capsys, root, "--masks", "cell")
+
+
+def test_unknown_label_value(make_wbc, capsys):
+    root = make_wbc(per_class=5)
+    csv = root / "labels.csv"
+    csv.write_bytes(csv.read_bytes().replace(b"\r\n10,2", b"\r\n10,8"))
+    assert "unknown label '8'" in _train(capsys, root)
+
+
+def test_empty_dataset(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "cannot tell the dataset layout" in _train(capsys, tmp_path / "empty")
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    assert "no such file or folder" in _train(capsys, tmp_path / "nowhere")
+
+
+def test_class_too_small_for_the_split(make_wbc, capsys):
+    root = make_wbc(per_class=2)
+    assert "too few for one in each of train/val/test" in _train(capsys, root)
+
+
+def test_unknown_backbone(make_wbc, capsys):
+    root = make_wbc(per_class=6)
+    code, out, err = run_cli(capsys, "train", "--data", root, "--backbone", "resnet5000", "--min_class_count", "2",
+                             "--near_duplicate_distance", "-1", "--image_size", "32")
+    assert code == 2 and "backbone='resnet5000' is unknown" in err and err.count("\n") == 1
+
+
+def test_masks_requested_but_absent(make_folders, capsys):
+    root = make_folders(per_class=6)
+    assert "no mask found" in _train(capsys, root, "--masks", "cell")
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("--epochs", "0", "epochs=0 is out of range"),
+    ("--batch_size", "-3", "batch_size=-3 is out of range"),
+    ("--lr", "abc", "lr='abc' is not a valid float"),
+    ("--image-size", "100000", "image_size=100000 is out of range"),
+])
+def test_absurd_parameters(make_wbc, capsys, option, value, fragment):
+    root = make_wbc(per_class=3)
+    assert fragment in _train(capsys, root, option, value)

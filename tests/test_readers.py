@@ -1,0 +1,110 @@
+import zipfile
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bloodml.config import build_config
+from bloodml.data.prepare import read_labelled
+from bloodml.data.readers import ReaderOptions, read_dataset
+from bloodml.errors import BloodmlError
+from conftest import ALLIDB2, WBC, cell_image, needs_allidb2, needs_wbc
+
+
+def test_wbc_layout_with_crlf_and_unpadded_ids(make_wbc):
+    root = make_wbc(per_class=4)
+    table, fmt, _ = read_dataset(root, ReaderOptions())
+    assert fmt == "wbc" and len(table) == 8
+    assert table["mask_path"].notna().all() and set(table["label"]) == {"1", "2"}
+
+
+@needs_wbc
+def test_real_wbc_names_and_rare_class_dropped():
+    table, fmt, _, notes = read_labelled(build_config(None, {"data": str(WBC)}))
+    assert fmt == "wbc" and len(table) == 299
+    assert table["label"].value_counts().to_dict() == {"neutrophil": 176, "lymphocyte": 53, "monocyte": 48,
+                                                       "eosinophil": 22}
+    assert any("basophil" in n for n in notes)
+
+
+@needs_allidb2
+def test_allidb2_through_its_mapping_csv():
+    config = build_config(None, {
+        "data": str(ALLIDB2), "manifest": "mapping.csv", "label_column": "label_name",
+        "positive_classes": "blast_ALL", "negative_name": "normal"})
+    table, fmt, _, _ = read_labelled(config)
+    assert fmt == "manifest" and len(table) == 260 and table["mask_path"].notna().all()
+    assert table["label"].value_counts().to_dict() == {"blast_ALL": 130, "normal": 130}
+    assert table["path"].str.endswith(".Jpg").sum() == 4  # mixed-case extensions kept as shipped
+
+
+def test_manifest_with_groups_bom_and_spaces(tmp_path):
+    root = tmp_path / "ds"
+    (root / "my images").mkdir(parents=True)
+    rows = ["\ufefffile , diagnosis , patient"]
+    for i in range(6):
+        image, _ = cell_image("alpha" if i % 2 else "beta", i)
+        Image.fromarray(image).save(root / "my images" / f"c{i}.JPG")
+        rows.append(f" my images/c{i}.JPG , {'pos' if i % 2 else 'neg'} , p{i // 2}")
+    (root / "list.csv").write_text("\n".join(rows), encoding="utf-8")
+    table, fmt, _ = read_dataset(root / "list.csv", ReaderOptions(image_column="file", label_column="diagnosis",
+                                                                  group_column="patient"))
+    assert fmt == "manifest" and list(table["group"]) == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert table["mask_path"].isna().all()
+
+
+def test_folders_layout_with_masks_dir(make_folders):
+    root = make_folders(per_class=3)
+    table, fmt, _ = read_dataset(root, ReaderOptions(masks_dir="masks"))
+    assert fmt == "folders" and len(table) == 9 and table["mask_path"].notna().all()
+    assert set(table["label"]) == {"alpha", "beta", "gamma"}
+
+
+def test_zip_of_a_dataset(make_folders, tmp_path):
+    root = make_folders(per_class=2)
+    archive = tmp_path / "ds.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in root.rglob("*.png"):
+            handle.write(path, path.relative_to(root.parent))
+    table, fmt, _ = read_dataset(archive, ReaderOptions(masks_dir="masks"), workdir=tmp_path)
+    assert fmt == "folders" and len(table) == 6 and table["mask_path"].notna().all()
+
+
+def test_zip_slip_is_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("../../escaped.txt", "x")
+    with pytest.raises(BloodmlError, match="outside the extraction folder"):
+        read_dataset(archive, ReaderOptions(), workdir=tmp_path)
+    assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_row_without_image_names_the_row(make_wbc):
+    root = make_wbc(per_class=3)
+    (root / "002.bmp").unlink()
+    with pytest.raises(BloodmlError, match=r"labels.csv:3: no image file for ID 2"):
+        read_dataset(root, ReaderOptions())
+
+
+def test_unknown_label_names_the_row(make_wbc):
+    root = make_wbc(per_class=3)
+    csv = root / "labels.csv"
+    csv.write_text(csv.read_text().replace("\n4,", "\n4,") + "7,9\n")
+    Image.fromarray(cell_image("alpha", 7)[0]).save(root / "007.bmp")
+    with pytest.raises(BloodmlError, match=r"labels.csv:8: unknown label '9'"):
+        read_labelled(build_config(None, {"data": str(root)}))
+
+
+def test_path_escaping_the_data_folder(tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    Image.fromarray(cell_image("alpha", 1)[0]).save(tmp_path / "outside.png")
+    pd.DataFrame({"image": ["../outside.png"], "label": ["a"]}).to_csv(root / "m.csv", index=False)
+    with pytest.raises(BloodmlError, match="outside the data folder"):
+        read_dataset(root / "m.csv", ReaderOptions())
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "empty" / "classA").mkdir(parents=True)
+    with pytest.raises(BloodmlError, match="cannot tell the dataset layout|no labelled images"):
+        read_dataset(tmp_path / "empty", ReaderOptions())
