@@ -37,6 +37,8 @@ class TrainResult:
     stopped_epoch: int
     classes: list[str]
     tracking_uri: str
+    model: BloodCellClassifier
+    data: PreparedData
 
 
 def augmentation(config: RunConfig):
@@ -96,13 +98,13 @@ def run_training(config: RunConfig, data: PreparedData | None = None) -> TrainRe
     threads = configure(config.threads, config.seed)
     uri = configure_tracking()
     started = time.perf_counter()
+    backbone = create_backbone(config.backbone, config.pretrained, config.weights)  # fail fast on missing weights
     data = data or prepare(config, progress=progress)
     for note in data.notes:
         say(f"note: {note}")
     codes = mask_codes(config)
     sets = {name: preload(data.split(name), data.classes, config.image_size, codes, progress)
             for name in ("train", "val", "test")}
-    backbone = create_backbone(config.backbone, config.pretrained, config.weights)
     train_input = network_input(sets["train"].images, sets["train"].regions, config.masks)
     preprocess = fit_preprocess(train_input, config.color_space, config.stain_norm, config.normalize,
                                 backbone.mean, backbone.std)
@@ -138,4 +140,4 @@ def run_training(config: RunConfig, data: PreparedData | None = None) -> TrainRe
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
             f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")
         say(f"see it: {ui_hint(uri)}")
-    return TrainResult(run.info.run_id, metrics, result.best_epoch, result.stopped_epoch, data.classes, uri)
+    return TrainResult(run.info.run_id, metrics, result.best_epoch, result.stopped_epoch, data.classes, uri, model, data)

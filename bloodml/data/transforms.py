@@ -150,7 +150,9 @@ def fit_preprocess(train_images: torch.Tensor, color_space: str, stain_norm: str
         stats = [_masked_mean_std(_rgb_to_lab(chunk), _foreground(chunk)) for chunk in train_images.split(batch)]
         reference_mean = tuple(torch.cat([m for m, _ in stats]).mean(0).tolist())
         reference_std = tuple(torch.cat([s for _, s in stats]).mean(0).tolist())
-    mean, std = backbone_mean, backbone_std
+    mean, std = tuple(backbone_mean), tuple(backbone_std)
+    if color_space == "bgr":  # the pretraining statistics follow the channels (Keras VGG's BGR convention)
+        mean, std = mean[::-1], std[::-1]
     probe = Preprocess(color_space, stain_norm, normalize, mean, std, reference_mean, reference_std)
     if normalize == "dataset":
         with torch.no_grad():
