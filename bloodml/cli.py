@@ -76,6 +76,42 @@ def audit_split(manifest, train_dir, val_dir, test_dir, root, near_distance):
     sys.exit(1)
 
 
+@cli.command()
+@click.argument("run_id")
+@click.option("--name", required=True, help="registered model name, e.g. wbc-classifier")
+@click.option("--alias", default="champion", show_default=True, help="alias pointed at the new version")
+def register(run_id, name, alias):
+    """Put a run's model in the MLflow Model Registry under NAME, with an alias."""
+    from .tracking.registry import register as register_model
+    from .tracking.store import configure_tracking
+
+    configure_tracking()
+    version = register_model(run_id, name, alias)
+    click.echo(f"registered {name} version {version}" + (f", alias {alias}: models:/{name}@{alias}" if alias else ""))
+
+
+@cli.command()
+@click.option("-m", "--model", "reference", required=True,
+              help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/model or a run ID")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--masks-dir", default=None, help="folder of masks named like the images (models trained with masks)")
+@click.option("-o", "--output", default="predictions.csv", show_default=True, help="CSV to write")
+def predict(reference, inputs, masks_dir, output):
+    """Classify images (files or folders) with a trained model; writes a CSV of labels and probabilities."""
+    from .predict import predict_images
+    from .tracking.store import configure_tracking
+
+    configure_tracking()
+    table = predict_images(reference, list(inputs), masks_dir)
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    table.to_csv(partial, index=False)
+    partial.replace(target)  # never a half-written CSV
+    counts = table["predicted_label"].value_counts()
+    click.echo(f"{len(table)} images -> {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
 @cli.group()
 def data():
     """Look at a dataset before training."""

@@ -97,6 +97,15 @@ class RunConfig:
     l2: float = _p(0.0, "L2 penalty on trained weights", low=0.0, high=10.0, group="training")
     label_smoothing: float = _p(0.0, "label smoothing of the cross-entropy", low=0.0, high=0.99, group="training")
     threads: int = _p(0, "CPU threads (0: all cores available)", low=0, high=1024, group="training")
+    # --- evaluation -------------------------------------------------------------------------------------------
+    threshold: float = _p(0.5, "binary tasks: positive-class probability from which a cell is called positive",
+                          low=0.0, high=1.0, group="evaluation")
+    temperature_scaling: bool = _p(False, "fit a softmax temperature on the validation split (calibration)",
+                                   group="evaluation")
+    gradcam_samples: int = _p(12, "test images explained with Grad-CAM (0: none)", low=0, high=10000,
+                              group="evaluation")
+    bootstrap: int = _p(1000, "bootstrap resamples for confidence intervals", low=100, high=100000,
+                        group="evaluation")
     # --- tracking ---------------------------------------------------------------------------------------------
     experiment: str = _p("bloodml", "MLflow experiment name", group="tracking")
     run_name: str = _p("", "MLflow run name (default: backbone-masks)", group="tracking")

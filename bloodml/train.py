@@ -5,11 +5,12 @@ This module orchestrates; every step lives in its own module (data/, models/, tr
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
-import numpy as np
 import torch
 
 from .config import RunConfig
@@ -17,7 +18,7 @@ from .data.dataset import ImageSet, preload
 from .data.prepare import PreparedData, mask_codes, prepare
 from .data.splits import manifest
 from .data.transforms import build_augmentation, fit_preprocess
-from .evaluation.metrics import classification_metrics, majority_rate
+from .evaluation.report import EvaluationSettings, evaluate
 from .models.classifier import BloodCellClassifier
 from .models.head import Head
 from .models.registry import create_backbone
@@ -55,12 +56,18 @@ def settings_from(config: RunConfig) -> TrainSettings:
                          min_delta=config.min_delta, seed=config.seed)
 
 
-@torch.no_grad()
-def predict_probabilities(model: BloodCellClassifier, images: ImageSet, mask_mode: str, batch: int = 64) -> np.ndarray:
-    model.eval()
-    parts = [model(network_input(images.images[i:i + batch], images.regions[i:i + batch], mask_mode))
-             for i in range(0, len(images), batch)]
-    return torch.cat(parts).numpy()
+def positive_index(config: RunConfig, classes: list[str]) -> int | None:
+    """Binary tasks: the class named by positive_classes, else the second class in sorted order."""
+    if len(classes) != 2:
+        return None
+    name = "+".join(p.strip() for p in config.positive_classes.split(",") if p.strip())
+    return classes.index(name) if name in classes else 1
+
+
+def evaluation_settings(config: RunConfig, classes: list[str]) -> EvaluationSettings:
+    return EvaluationSettings(mask_mode=config.masks, positive=positive_index(config, classes),
+                              threshold=config.threshold, temperature_scaling=config.temperature_scaling,
+                              gradcam_samples=config.gradcam_samples, n_boot=config.bootstrap, seed=config.seed)
 
 
 def build_trainer(config: RunConfig, backbone, preprocess, head, train: ImageSet, val: ImageSet, classes, progress):
@@ -125,17 +132,17 @@ def run_training(config: RunConfig, data: PreparedData | None = None) -> TrainRe
         result = fit(trainer, settings_from(config), epoch_logger(config.epochs))
         model = BloodCellClassifier(preprocess, backbone, head, data.classes, config.image_size, config.masks).eval()
         metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
-        for split in ("val", "test"):
-            probabilities = predict_probabilities(model, sets[split], config.masks)
-            labels = sets[split].labels.numpy()
-            metrics.update(classification_metrics(labels, probabilities, prefix=f"{split}_final_" if split == "val"
-                                                  else "test_"))
-            metrics[f"{split}_majority_rate"] = majority_rate(labels)
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
+                                    result.history, result.best_epoch, evaluation_settings(config, data.classes),
+                                    Path(tmp)))
+            mlflow.log_artifacts(tmp, artifact_path="evaluation")
         metrics["train_seconds"] = time.perf_counter() - started
         metrics.update({f"n_{s}": float(len(sets[s])) for s in ("train", "val", "test")})
         mlflow.log_metrics(metrics)
         example = network_input(sets["test"].images[:2], sets["test"].regions[:2], config.masks)
-        log_model(model, example, {"backbone": config.backbone, "bloodml_version": __import__("bloodml").__version__})
+        log_model(model, example, {"backbone": config.backbone, "mask_codes": config.mask_codes,
+                                   "bloodml_version": __import__("bloodml").__version__})
         say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
             f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")

@@ -24,9 +24,10 @@ class BloodCellClassifier(nn.Module):
         self.class_names = list(class_names)
         self.image_size = image_size
         self.mask_mode = mask_mode
+        self.register_buffer("temperature", torch.ones(()))  # set by temperature scaling on validation data
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.preprocess(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1)
+        return torch.softmax(self.logits(x) / self.temperature, dim=1)

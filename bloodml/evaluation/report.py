@@ -1,0 +1,168 @@
+"""Evaluate one trained model on its validation and test splits and write every artefact into a folder.
+
+Pure of MLflow: the caller logs the folder. Files: metrics.json, predictions_{val,test}.csv, history.csv,
+learning_curves.png, confusion_matrix.{png,csv}, reliability.{png,csv}, roc.{png,csv} (binary),
+misclassified.png, gradcam.png + saliency.csv (when masks exist), summary.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn import metrics as skm
+
+from ..data.dataset import ImageSet
+from ..training.features import network_input
+from . import plots
+from .calibration import expected_calibration_error, fit_temperature, reliability_bins
+from .metrics import classification_metrics, majority_rate
+from .saliency import gradcam_maps, saliency_scores
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    mask_mode: str
+    positive: int | None = None  # index of the positive class for binary tasks
+    threshold: float = 0.5
+    temperature_scaling: bool = False
+    gradcam_samples: int = 12
+    n_boot: int = 1000
+    seed: int = 0
+
+
+@torch.no_grad()
+def logits_of(model, images: ImageSet, mask_mode: str, batch: int = 64) -> torch.Tensor:
+    model.eval()
+    parts = [model.logits(network_input(images.images[i:i + batch], images.regions[i:i + batch], mask_mode))
+             for i in range(0, len(images), batch)]
+    return torch.cat(parts) if parts else torch.zeros(0, len(model.class_names))
+
+
+def _predictions_table(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str],
+                       predicted: np.ndarray) -> pd.DataFrame:
+    table = pd.DataFrame({"file": paths, "true_label": [classes[i] for i in labels],
+                          "predicted_label": [classes[i] for i in predicted]})
+    for i, name in enumerate(classes):
+        table[f"p_{name}"] = probabilities[:, i]
+    return table
+
+
+def _hwc(images: torch.Tensor) -> np.ndarray:
+    return images.permute(0, 2, 3, 1).numpy()
+
+
+def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], history: list, best_epoch: int,
+             settings: EvaluationSettings, out: Path) -> dict[str, float]:
+    """All metrics (val_final_*, test_*, calibration, saliency) and artefacts for a trained model."""
+    out.mkdir(parents=True, exist_ok=True)
+    classes = list(model.class_names)
+    metrics: dict[str, float] = {}
+    binary = len(classes) == 2
+    positive = settings.positive if binary else None
+
+    val_logits = logits_of(model, sets["val"], settings.mask_mode)
+    if settings.temperature_scaling and len(val_logits):
+        temperature = fit_temperature(val_logits, sets["val"].labels)
+        model.temperature.fill_(temperature)
+        metrics["temperature"] = temperature
+
+    predictions = {}
+    for split, prefix in (("val", "val_final_"), ("test", "test_")):
+        logits = val_logits if split == "val" else logits_of(model, sets[split], settings.mask_mode)
+        probabilities = torch.softmax(logits / model.temperature, dim=1).numpy()
+        labels = sets[split].labels.numpy()
+        metrics.update(classification_metrics(labels, probabilities, prefix, classes, positive, settings.threshold,
+                                              settings.n_boot, settings.seed))
+        metrics[f"{split}_majority_rate"] = majority_rate(labels)
+        metrics[f"{split}_ece"] = expected_calibration_error(labels, probabilities)
+        predicted = (np.where(probabilities[:, positive] >= settings.threshold, positive, 1 - positive)
+                     if binary else probabilities.argmax(1))
+        predictions[split] = (labels, probabilities, predicted)
+        _predictions_table(paths[split], labels, probabilities, classes, predicted).to_csv(
+            out / f"predictions_{split}.csv", index=False)
+
+    labels, probabilities, predicted = predictions["test"]
+    history_rows = [asdict(h) if not isinstance(h, dict) else h for h in history]
+    pd.DataFrame(history_rows).to_csv(out / "history.csv", index=False)
+    plots.learning_curves(history_rows, best_epoch, out / "learning_curves.png")
+    matrix = skm.confusion_matrix(labels, predicted, labels=range(len(classes)))
+    pd.DataFrame(matrix, index=[f"true_{c}" for c in classes], columns=[f"pred_{c}" for c in classes]).to_csv(
+        out / "confusion_matrix.csv")
+    plots.confusion(matrix, classes, out / "confusion_matrix.png")
+    bins = reliability_bins(labels, probabilities)
+    pd.DataFrame(bins, columns=["low", "high", "count", "confidence", "accuracy"]).to_csv(out / "reliability.csv",
+                                                                                         index=False)
+    plots.reliability(bins, metrics["test_ece"], out / "reliability.png")
+    if binary and "test_roc_auc" in metrics:
+        fpr, tpr, thresholds = skm.roc_curve(labels == positive, probabilities[:, positive])
+        pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds}).to_csv(out / "roc.csv", index=False)
+        plots.roc(fpr, tpr, metrics["test_roc_auc"], (metrics["test_roc_auc_ci_low"], metrics["test_roc_auc_ci_high"]),
+                  classes[positive], out / "roc.png",
+                  (1 - metrics["test_specificity"], metrics["test_sensitivity"]))
+    wrong = np.flatnonzero(predicted != labels)[:24]
+    test = sets["test"]
+    plots.gallery(_hwc(network_input(test.images[wrong], test.regions[wrong], settings.mask_mode).mul(255).byte()),
+                  [f"true {classes[labels[i]]}\npred {classes[predicted[i]]} ({probabilities[i].max():.2f})"
+                   for i in wrong], out / "misclassified.png",
+                  f"misclassified test images: {len(np.flatnonzero(predicted != labels))} of {len(labels)}")
+    if settings.gradcam_samples and len(test):
+        metrics.update(_saliency(model, test, paths["test"], classes, settings, out))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (out / "summary.md").write_text(summary_markdown(metrics, classes, best_epoch, binary, out))
+    return metrics
+
+
+def _saliency(model, test: ImageSet, paths: list[str], classes: list[str], settings: EvaluationSettings,
+              out: Path) -> dict[str, float]:
+    rng = np.random.default_rng(settings.seed)
+    sample = np.sort(rng.choice(len(test), size=min(settings.gradcam_samples, len(test)), replace=False))
+    inputs = network_input(test.images[sample], test.regions[sample], settings.mask_mode)
+    maps, predicted = gradcam_maps(model, inputs)
+    regions = test.regions[sample].numpy()
+    has_mask = test.has_mask[sample].numpy()
+    scores = saliency_scores(maps, regions, has_mask)
+    rows = []
+    for k, i in enumerate(sample):
+        inside = regions[k] > 0
+        usable = has_mask[k] and inside.any() and not inside.all()
+        positive = np.clip(maps[k], 0, None)
+        rows.append({"file": paths[i], "predicted": classes[predicted[k]],
+                     "relevance_mass": float(positive[inside].sum() / positive.sum()) if usable and positive.sum() else None,
+                     "pointing_hit": float(inside[maps[k] == maps[k].max()].any()) if usable else None,
+                     "chance": float(inside.mean()) if usable else None})
+    pd.DataFrame(rows).to_csv(out / "saliency.csv", index=False)
+    captions = [f"{classes[predicted[k]]}" + (f"  mass {r['relevance_mass']:.2f}" if r["relevance_mass"] is not None
+                                             else "") for k, r in enumerate(rows)]
+    plots.gradcam_overlays(_hwc(test.images[sample]), maps, [r if m else None for r, m in zip(regions, has_mask)],
+                           captions, out / "gradcam.png")
+    return scores
+
+
+def _fmt(metrics: dict, key: str) -> str:
+    if key not in metrics:
+        return "n/a"
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return f"{metrics[key]:.3f}" + (f" ({low:.3f}-{high:.3f})" if low is not None else "")
+
+
+def summary_markdown(metrics: dict, classes: list[str], best_epoch: int, binary: bool, out: Path) -> str:
+    headline = ["accuracy", "balanced_accuracy", "macro_f1", "mcc"] + (
+        ["roc_auc", "sensitivity", "specificity"] if binary else [])
+    lines = ["# Run summary", "", f"Classes: {', '.join(classes)}. Best epoch: {best_epoch}.", "",
+             "| metric (95% CI) | validation | test |", "|---|---|---|"]
+    lines += [f"| {m} | {_fmt(metrics, 'val_final_' + m)} | {_fmt(metrics, 'test_' + m)} |" for m in headline]
+    lines += [f"| majority-class rate | {metrics['val_majority_rate']:.3f} | {metrics['test_majority_rate']:.3f} |",
+              f"| expected calibration error | {metrics['val_ece']:.3f} | {metrics['test_ece']:.3f} |", ""]
+    if "saliency_relevance_mass" in metrics:
+        lines += [f"Grad-CAM on {metrics['saliency_images']:.0f} test images: relevance mass inside the cell "
+                  f"{metrics['saliency_relevance_mass']:.3f} (chance {metrics['saliency_relevance_chance']:.3f}); "
+                  f"pointing game {metrics['saliency_pointing_game']:.3f} (chance "
+                  f"{metrics['saliency_pointing_chance']:.3f}).", ""]
+    lines += [f"- [{name}]({name})" for name in sorted(p.name for p in out.iterdir()
+                                                       if p.suffix in (".png", ".csv", ".json"))]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,87 @@
+"""Classify new images with a logged or registered model, preprocessing them exactly as in training.
+
+The model carries its preprocessing; its metadata gives the input size, the mask mode, the mask codes and the
+class names, so the user re-types nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+
+from .data.dataset import load_sample
+from .data.images import is_image_file
+from .data.masks import parse_mask_codes
+from .errors import BloodmlError
+from .tracking.registry import model_uri
+from .training.features import network_input
+
+
+def load_model(reference: str):
+    uri = model_uri(reference)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise BloodmlError(f"model '{reference}' could not be loaded ({first}); pass models:/<name>@<alias>, "
+                           f"runs:/<run_id>/model or a run ID, with MLFLOW_TRACKING_URI set to its store.")
+    meta = (model.metadata.metadata or {})
+    if "class_names" not in meta:
+        raise BloodmlError(f"model '{reference}' was not trained by bloodml (no class names in its metadata).")
+    return model, meta
+
+
+def collect_images(inputs: list[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise BloodmlError(f"{item}: no such file or folder; pass image files or folders to predict.")
+    if not files:
+        raise BloodmlError(f"no images found in {', '.join(map(str, inputs))}; pass image files or folders.")
+    return files
+
+
+def _mask_for(image: Path, masks_dir: Path | None) -> str | None:
+    if masks_dir is None:
+        return None
+    candidates = sorted(p for p in masks_dir.rglob(f"{image.stem}.*") if p.is_file())
+    return str(candidates[0]) if candidates else None
+
+
+def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Path | None = None,
+                   batch: int = 32) -> pd.DataFrame:
+    """One row per image: file, predicted_label, confidence and p_<class> for every class."""
+    model, meta = load_model(reference)
+    classes, size, mode = meta["class_names"], int(meta["image_size"]), meta.get("mask_mode", "none")
+    codes = parse_mask_codes(meta["mask_codes"]) if meta.get("mask_codes") else None
+    files = collect_images(inputs)
+    masks = Path(masks_dir) if masks_dir else None
+    if masks is not None and not masks.is_dir():
+        raise BloodmlError(f"--masks-dir {masks}: not a folder; pass the folder holding the masks.")
+    rows = []
+    for start in range(0, len(files), batch):
+        chunk = files[start:start + batch]
+        images, regions = [], []
+        for path in chunk:
+            mask = _mask_for(path, masks) if mode != "none" else None
+            if mode != "none" and mask is None:
+                raise BloodmlError(f"{path}: the model was trained with masks={mode} and needs this image's mask; "
+                                   f"pass --masks-dir with a mask named like the image ({path.stem}.*).")
+            image, region, _ = load_sample(str(path), mask, size, codes)
+            images.append(image)
+            regions.append(region)
+        x = network_input(torch.stack(images), torch.stack(regions), mode).numpy().astype(np.float32)
+        probabilities = np.asarray(model.predict(x))
+        for path, p in zip(chunk, probabilities):
+            rows.append({"file": str(path), "predicted_label": classes[int(p.argmax())], "confidence": float(p.max()),
+                         **{f"p_{name}": float(v) for name, v in zip(classes, p)}})
+    return pd.DataFrame(rows)

@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from bloodml.config import build_config
+from bloodml.train import run_training
+from clihelp import run_cli
+from conftest import ALLIDB2, REPO, needs_allidb2, tiny_overrides
+
+LOAD_BY_ALIAS = """
+import sys, mlflow, numpy as np
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/cells@champion")
+p = model.predict(np.full((2, 3, 32, 32), 0.5, dtype=np.float32))
+print(model.metadata.run_id, p.shape, round(float(p.sum()), 4))
+"""
+
+
+@needs_allidb2
+def test_predict_matches_training_probabilities(tmp_path, capsys):
+    config = build_config(REPO / "experiments/allidb2.yaml", {"data": str(ALLIDB2), "epochs": 2, "aug_views": 1,
+                                                               "gradcam_samples": 0, "bootstrap": 100})
+    result = run_training(config)
+    trained = pd.concat([pd.read_csv(mlflow.MlflowClient().download_artifacts(
+        result.run_id, f"evaluation/predictions_{s}.csv", str(tmp_path))) for s in ("val", "test")])
+    folder = ALLIDB2 / "images_lowres_VallHere" / "Kelas 1"
+    out = tmp_path / "predictions.csv"
+    code, stdout, stderr = run_cli(capsys, "predict", "-m", result.run_id, folder, "-o", out)
+    assert code == 0, stderr
+    predicted = pd.read_csv(out)
+    assert len(predicted) == 130 and set(predicted["predicted_label"]) <= {"blast_ALL", "normal"}
+    merged = trained.assign(name=trained["file"].map(lambda p: p.split("/")[-1])).merge(
+        predicted.assign(name=predicted["file"].map(lambda p: p.split("/")[-1])), on="name", suffixes=("_t", "_p"))
+    assert len(merged) >= 20  # the blasts that landed in validation or test
+    for cls in ("blast_ALL", "normal"):
+        assert np.allclose(merged[f"p_{cls}_t"], merged[f"p_{cls}_p"], atol=1e-5)
+
+
+def test_registered_model_is_loaded_by_alias_in_another_process(make_wbc, capsys):
+    result = run_training(build_config(None, tiny_overrides(make_wbc(per_class=8), epochs=1, gradcam_samples=0)))
+    code, out, err = run_cli(capsys, "register", result.run_id, "--name", "cells")
+    assert code == 0 and "models:/cells@champion" in out, err
+    done = subprocess.run([sys.executable, "-c", LOAD_BY_ALIAS, mlflow.get_tracking_uri()], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id, shape, total = done.stdout.split()[-4:-2][0], done.stdout.split()[-3] + done.stdout.split()[-2], done.stdout.split()[-1]
+    assert run_id == result.run_id and shape == "(2,2)" and total == "2.0"
+
+
+def test_predict_needs_masks_for_a_masked_model(make_folders, tmp_path, capsys):
+    root = make_folders(per_class=8)
+    result = run_training(build_config(None, tiny_overrides(root, masks="cell", masks_dir="masks", epochs=1,
+                                                             gradcam_samples=0)))
+    code, _, err = run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "-o", tmp_path / "p.csv")
+    assert code == 2 and "needs this image's mask" in err
+    code, out, err = run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "--masks-dir", root / "masks",
+                             "-o", tmp_path / "p.csv")
+    assert code == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 8, err
+    code, _, err = run_cli(capsys, "predict", "-m", "models:/nothing@champion", root / "alpha")
+    assert code == 2 and "could not be loaded" in err
