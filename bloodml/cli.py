@@ -44,6 +44,29 @@ def train(config_path, **values):
     run_training(_config(config_path, values))
 
 
+@cli.command()
+@run_options
+@click.option("--n_trials", "--n-trials", "n_trials", default=20, show_default=True, type=int,
+              help="finished-or-pruned trials the study should hold (all workers together)")
+@click.option("--timeout", default=0.0, show_default=True, type=float,
+              help="seconds this worker may keep starting trials (0: no limit)")
+@click.option("--study_name", "--study-name", "study_name", default="", help="Optuna study name (default from data)")
+@click.option("--storage", default="sqlite:///optuna.db", show_default=True,
+              help="Optuna storage; postgresql://user:pass@host/db to share a study between machines")
+@click.option("--objective", default="val_macro_f1", show_default=True,
+              help="val_macro_f1, val_balanced_accuracy, val_accuracy or val_loss (validation split)")
+@click.option("--space", default="", help="YAML search space replacing the default (experiments/tune_space.yaml)")
+@click.option("--pruner", default="median", show_default=True, help="median, halving or none")
+@click.option("--model_name", "--model-name", "model_name", default="", help="registry name (default from data)")
+def tune(config_path, n_trials, timeout, study_name, storage, objective, space, pruner, model_name, **values):
+    """Optuna search over augmentation and regularisation; registers the best model as @champion."""
+    from .tuning.study import TuneSettings, tune as run_tune
+
+    run_tune(_config(config_path, values), TuneSettings(n_trials=n_trials, timeout=timeout, study_name=study_name,
+                                                       storage=storage, objective=objective, space=space,
+                                                       pruner=pruner, model_name=model_name))
+
+
 @cli.command("audit-split")
 @click.argument("manifest", required=False, type=click.Path(path_type=Path))
 @click.option("--train", "train_dir", type=click.Path(path_type=Path), help="folder of training images (any depth)")

@@ -78,7 +78,7 @@ class RunConfig:
     hflip: bool = _p(True, "random horizontal flips", group="augmentation")
     vflip: bool = _p(True, "random vertical flips", group="augmentation")
     brightness: float = _p(0.2, "brightness factor range 1 +/- this", low=0.0, high=1.0, group="augmentation")
-    aug_views: int = _p(8, "augmented views per training image (frozen backbone: features computed once per view)",
+    aug_views: int = _p(4, "augmented views per training image (frozen backbone: features computed once per view)",
                         low=1, high=256, group="augmentation")
     # --- balancing --------------------------------------------------------------------------------------------
     balance: str = _p("oversample", "class balancing in the training split", ("none", "oversample", "weights"),
@@ -96,6 +96,10 @@ class RunConfig:
     l1: float = _p(0.0, "L1 penalty on trained weights", low=0.0, high=10.0, group="training")
     l2: float = _p(0.0, "L2 penalty on trained weights", low=0.0, high=10.0, group="training")
     label_smoothing: float = _p(0.0, "label smoothing of the cross-entropy", low=0.0, high=0.99, group="training")
+    feature_cache: str = _p("disk", "frozen backbone: features computed once per view and kept on disk and in "
+                             "memory, in memory only, or recomputed every batch (off: the naive loop)",
+                             ("disk", "memory", "off"), group="training")
+    cache_dir: str = _p("", "feature cache folder (default $BLOODML_CACHE or ~/.cache/bloodml)", group="training")
     threads: int = _p(0, "CPU threads (0: all cores available)", low=0, high=1024, group="training")
     # --- evaluation -------------------------------------------------------------------------------------------
     threshold: float = _p(0.5, "binary tasks: positive-class probability from which a cell is called positive",

@@ -26,8 +26,10 @@ from .runtime import configure, say, show_progress
 from .tracking.model import log_model
 from .tracking.runs import log_params, log_table, training_run
 from .tracking.store import configure_tracking, ui_hint
-from .training.features import augmented_view, extract_features, network_input
-from .training.loop import EpochRecord, FinetuneTrainer, HeadTrainer, TrainSettings, fit
+from .cache.keys import image_keys, model_key
+from .cache.store import FeatureStore
+from .training.features import augmented_view, network_input, view_features
+from .training.loop import EpochRecord, FinetuneTrainer, HeadTrainer, NaiveHeadTrainer, TrainSettings, fit
 
 
 @dataclass
@@ -73,34 +75,58 @@ def evaluation_settings(config: RunConfig, classes: list[str]) -> EvaluationSett
 def build_trainer(config: RunConfig, backbone, preprocess, head, train: ImageSet, val: ImageSet, classes, progress):
     settings = settings_from(config)
     transform = augmentation(config)
-    if config.finetune == "none":
-        views = config.aug_views if transform is not None else 1
-        started = time.perf_counter()
-        train_features = torch.stack([
-            extract_features(backbone, preprocess, *(augmented_view(train.images, train.regions, transform,
-                                                                     config.seed * 100_003 + v)
-                                                     if transform is not None else (train.images, train.regions)),
-                             config.masks, desc=f"features view {v + 1}/{views}", progress=progress)
-            for v in range(views)])
-        val_features = extract_features(backbone, preprocess, val.images, val.regions, config.masks,
-                                        desc="features val", progress=progress)
-        say(f"features: {views} view(s) x {len(train)} training images + {len(val)} validation images "
-            f"in {time.perf_counter() - started:.1f}s")
-        return HeadTrainer(head, train_features, train.labels, val_features, val.labels, len(classes), settings)
-    return FinetuneTrainer(backbone, preprocess, head, train, val, config.masks, transform, config.finetune,
-                           config.freeze_epochs, config.backbone_lr_factor, len(classes), settings)
+    if config.finetune != "none":
+        return FinetuneTrainer(backbone, preprocess, head, train, val, config.masks, transform, config.finetune,
+                               config.freeze_epochs, config.backbone_lr_factor, len(classes), settings)
+    views = config.aug_views if transform is not None else 1
+    keys = image_keys(train.images, train.regions)
+    if config.feature_cache == "off":
+        view_images = [augmented_view(train.images, train.regions, transform, config.seed, v, keys)
+                       for v in range(views)]
+        return NaiveHeadTrainer(head, backbone, preprocess, view_images, config.masks, train.labels, val,
+                                len(classes), settings)
+    started = time.perf_counter()
+    store = FeatureStore(config.cache_dir or None, use_disk=config.feature_cache == "disk")
+    model = model_key(config.backbone, backbone, preprocess, config.masks)
+    train_features = torch.stack([
+        view_features(store, model, backbone, preprocess, train.images, train.regions, keys, config.masks, transform,
+                      config.seed, v, progress, desc=f"features view {v + 1}/{views}") for v in range(views)])
+    val_features = view_features(store, model, backbone, preprocess, val.images, val.regions,
+                                 image_keys(val.images, val.regions), config.masks, None, config.seed, 0, progress,
+                                 desc="features val")
+    seconds = time.perf_counter() - started
+    say(f"features: {views} view(s) x {len(train)} training + {len(val)} validation images in "
+        f"{seconds:.1f}s ({store.hits} cached, {store.misses} computed)")
+    trainer = HeadTrainer(head, train_features, train.labels, val_features, val.labels, len(classes), settings)
+    trainer.feature_seconds = seconds
+    return trainer
 
 
-def epoch_logger(total: int):
+class StopRun(Exception):
+    """Raised by an epoch hook to end a run early on purpose (e.g. an Optuna pruning decision)."""
+
+    def __init__(self, reason: str, state: str = "PRUNED"):
+        super().__init__(reason)
+        self.state = state
+
+
+def epoch_logger(total: int, hook=None):
     def log(record: EpochRecord) -> None:
         mlflow.log_metrics({"train_loss": record.train_loss, "train_accuracy": record.train_accuracy,
-                            "val_loss": record.val_loss, "val_accuracy": record.val_accuracy}, step=record.epoch)
+                            "val_loss": record.val_loss, "val_accuracy": record.val_accuracy,
+                            "val_macro_f1": record.val_macro_f1, "val_balanced_accuracy": record.val_balanced_accuracy},
+                           step=record.epoch)
         say(f"epoch {record.epoch}/{total}  train_loss={record.train_loss:.4f} train_acc={record.train_accuracy:.3f}  "
             f"val_loss={record.val_loss:.4f} val_acc={record.val_accuracy:.3f}  ({record.seconds:.1f}s)")
+        if hook is not None:
+            hook(record)
     return log
 
 
-def run_training(config: RunConfig, data: PreparedData | None = None) -> TrainResult:
+def run_training(config: RunConfig, data: PreparedData | None = None, parent_run_id: str | None = None,
+                 tags: dict | None = None, epoch_hook=None) -> TrainResult:
+    """Train, evaluate and log one run. ``epoch_hook(record)`` may raise :class:`StopRun`: the run then ends as
+    KILLED with the tag ``bloodml.state`` and the exception propagates."""
     progress = show_progress()
     threads = configure(config.threads, config.seed)
     uri = configure_tracking()
@@ -122,16 +148,23 @@ def run_training(config: RunConfig, data: PreparedData | None = None) -> TrainRe
         + "; ".join(f"{s} {int(counts[s].sum())}" for s in ("train", "val", "test")))
 
     run_name = config.run_name or f"{config.backbone}-{config.masks}"
-    with training_run(config.experiment, run_name) as run:
+    with training_run(config.experiment, run_name, parent_run_id, tags) as run:
         log_params(config.to_params())
         mlflow.set_tags({"masks_used": str(config.masks != "none").lower(), "bloodml.task": "train",
                          "data_format": data.format, "classes": ",".join(data.classes), "threads": str(threads)})
         log_table(manifest(data.table, str(data.root)), "split_manifest.csv")
         trainer = build_trainer(config, backbone, preprocess, head, sets["train"], sets["val"], data.classes,
                                 progress)
-        result = fit(trainer, settings_from(config), epoch_logger(config.epochs))
+        try:
+            result = fit(trainer, settings_from(config), epoch_logger(config.epochs, epoch_hook))
+        except StopRun as stop:
+            mlflow.set_tags({"bloodml.state": stop.state, "bloodml.stop_reason": str(stop)})
+            mlflow.end_run("KILLED")
+            raise
         model = BloodCellClassifier(preprocess, backbone, head, data.classes, config.image_size, config.masks).eval()
         metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
+        if hasattr(trainer, "feature_seconds"):
+            metrics["feature_seconds"] = trainer.feature_seconds
         with tempfile.TemporaryDirectory() as tmp:
             metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
                                     result.history, result.best_epoch, evaluation_settings(config, data.classes),

@@ -29,6 +29,7 @@ def _isolated(tmp_path, monkeypatch):
     uri = f"sqlite:///{work / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)  # the URI is process-global in MLflow: reset it for every test
+    monkeypatch.setenv("BLOODML_CACHE", str(tmp_path / "cache"))  # never the user's feature cache
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.setenv("CI", os.environ.get("CI", "true"))

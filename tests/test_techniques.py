@@ -57,8 +57,9 @@ def _imageset(n, size=32, seed=0, label_fn=lambda i: i % 2):
     return ImageSet(images, regions, torch.ones(n, dtype=torch.bool), torch.tensor([label_fn(i) for i in range(n)]))
 
 
-def test_validation_is_never_augmented_and_balancing_touches_training_only(make_wbc):
-    config = build_config(None, tiny_overrides(make_wbc(per_class=4), aug_views=3, rotation=90, brightness=0.5))
+def test_validation_is_never_augmented_and_balancing_touches_training_only(make_wbc, tmp_path):
+    config = build_config(None, tiny_overrides(make_wbc(per_class=4), aug_views=3, rotation=90, brightness=0.5,
+                                               cache_dir=tmp_path / "cache"))
     backbone = create_backbone(TINY_BACKBONE, pretrained=False)
     preprocess = Preprocess()
     train, val = _imageset(12), _imageset(6, seed=1)

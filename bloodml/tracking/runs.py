@@ -13,11 +13,19 @@ from mlflow.entities import Param
 
 
 @contextmanager
-def training_run(experiment: str, run_name: str, nested: bool = False):
-    """Start (or, under `mlflow run`, attach to) a run. Sets the experiment only when not launched by mlflow run."""
-    if not os.environ.get("MLFLOW_RUN_ID") and not nested:
+def training_run(experiment: str, run_name: str, parent_run_id: str | None = None, tags: dict | None = None):
+    """Start (or, under `mlflow run`, attach to) a run; a child of ``parent_run_id`` when given.
+
+    Sets the experiment only when not launched by `mlflow run` (which names the run itself)."""
+    if parent_run_id:
+        experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
+        with mlflow.start_run(run_name=run_name or None, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                              nested=mlflow.active_run() is not None, tags=tags) as run:
+            yield run
+        return
+    if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name or None, nested=nested) as run:
+    with mlflow.start_run(run_name=run_name or None, tags=tags) as run:
         yield run
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..cache.keys import per_image_seed, view_key
 from ..data.transforms import Preprocess, apply_mask, augment, to_float
 from ..models.registry import Backbone
 
@@ -26,8 +27,30 @@ def extract_features(backbone: Backbone, preprocess: Preprocess, images: torch.T
     return torch.cat(out) if out else torch.zeros(0, backbone.feature_dim)
 
 
-def augmented_view(images: torch.Tensor, regions: torch.Tensor, transform, seed: int):
-    """One augmented copy of every image, reproducible from ``seed`` and independent of global RNG state."""
+def augmented_view(images: torch.Tensor, regions: torch.Tensor, transform, seed: int, view: int,
+                   keys: list[str]):
+    """View ``view`` of every image, each drawn from its own seed (image content + view + seed), so an image's
+    view is the same whichever split or batch it is in, and the global RNG is left untouched."""
+    if transform is None:
+        return images, regions
+    out_images, out_regions = [], []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return augment(images, regions, transform)
+        for image, region, key in zip(images, regions, keys):
+            torch.manual_seed(per_image_seed(seed, view, key))
+            a, b = augment(image[None], region[None], transform)
+            out_images.append(a[0])
+            out_regions.append(b[0])
+    return torch.stack(out_images), torch.stack(out_regions)
+
+
+def view_features(store, model: str, backbone: Backbone, preprocess: Preprocess, images: torch.Tensor,
+                  regions: torch.Tensor, keys: list[str], mask_mode: str, transform, seed: int, view: int,
+                  progress: bool = False, desc: str = "features") -> torch.Tensor:
+    """Features of one view of every image, through the cache: only missing images are augmented and run."""
+    def compute(index):
+        idx = torch.as_tensor(index)
+        view_images, view_regions = augmented_view(images[idx], regions[idx], transform, seed, view,
+                                                   [keys[i] for i in index])
+        return extract_features(backbone, preprocess, view_images, view_regions, mask_mode, desc=desc,
+                                progress=progress)
+    return store.features(model, view_key(transform, view, seed), keys, compute)

@@ -19,6 +19,7 @@ from ..data.dataset import ImageSet
 from ..data.transforms import Preprocess, augment
 from ..models.head import Head
 from ..models.registry import Backbone
+from ..evaluation.metrics import balanced_accuracy_from, confusion_counts, macro_f1_from
 from .balancing import class_weights, epoch_indices
 from .early_stopping import EarlyStopping
 from .features import network_input
@@ -47,7 +48,16 @@ class EpochRecord:
     train_accuracy: float
     val_loss: float
     val_accuracy: float
+    val_macro_f1: float
+    val_balanced_accuracy: float
     seconds: float
+
+
+def validation_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Plain cross-entropy (no smoothing, weights or penalty, so epochs and runs compare) and headline scores."""
+    cm = confusion_counts(labels.numpy(), logits.argmax(1).numpy(), logits.shape[1])
+    return {"val_loss": float(F.cross_entropy(logits, labels)), "val_accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+            "val_macro_f1": macro_f1_from(cm), "val_balanced_accuracy": balanced_accuracy_from(cm)}
 
 
 @dataclass
@@ -110,10 +120,9 @@ class HeadTrainer(_Trainer):
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         self.head.train()
         losses, sizes, correct = [], [], 0
-        views = self.train_features.shape[0]
         for index in self.batches():
-            view = self.rng.integers(0, views, size=len(index))
-            x = self.train_features[torch.as_tensor(view), torch.as_tensor(index)]
+            view = self.rng.integers(0, self.views, size=len(index))
+            x = self.batch_features(view, index)
             y = self.train_labels[torch.as_tensor(index)]
             logits = self.head(x)
             losses.append(self.optimise(self.optimiser, logits, y))
@@ -121,17 +130,58 @@ class HeadTrainer(_Trainer):
             correct += int((logits.argmax(1) == y).sum())
         return self.summarise(losses, sizes, correct)
 
+    @property
+    def views(self) -> int:
+        return self.train_features.shape[0]
+
+    def batch_features(self, view: np.ndarray, index: np.ndarray) -> torch.Tensor:
+        return self.train_features[torch.as_tensor(view), torch.as_tensor(index)]
+
+    def validation_features(self) -> torch.Tensor:
+        return self.val_features
+
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
+    def validate(self) -> dict[str, float]:
         self.head.eval()
-        logits = self.head(self.val_features)
-        return float(F.cross_entropy(logits, self.val_labels)), float((logits.argmax(1) == self.val_labels).float().mean())
+        return validation_scores(self.head(self.validation_features()), self.val_labels)
 
     def state(self) -> dict:
         return {k: v.detach().clone() for k, v in self.head.state_dict().items()}
 
     def load_state(self, state: dict) -> None:
         self.head.load_state_dict(state)
+
+
+class NaiveHeadTrainer(HeadTrainer):
+    """The loop the cache replaces: the frozen backbone runs on every batch and on the validation images every
+    epoch. Same views, same draws, same head updates as :class:`HeadTrainer` (for benchmarks and equivalence)."""
+
+    def __init__(self, head: Head, backbone: Backbone, preprocess: Preprocess, view_images: list, mask_mode: str,
+                 train_labels: torch.Tensor, val: ImageSet, num_classes: int, settings: TrainSettings):
+        _Trainer.__init__(self, head, train_labels, num_classes, settings)
+        self.backbone, self.preprocess, self.view_images, self.mask_mode, self.val = (
+            backbone, preprocess, view_images, mask_mode, val)
+        self.val_labels = val.labels
+        self.optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
+
+    @property
+    def views(self) -> int:
+        return len(self.view_images)
+
+    def _features(self, images, regions) -> torch.Tensor:
+        with torch.no_grad():
+            self.backbone.eval()
+            x = self.preprocess(network_input(images, regions, self.mask_mode)).contiguous(
+                memory_format=torch.channels_last)
+            return self.backbone(x)
+
+    def batch_features(self, view: np.ndarray, index: np.ndarray) -> torch.Tensor:
+        images = torch.stack([self.view_images[v][0][i] for v, i in zip(view, index)])
+        regions = torch.stack([self.view_images[v][1][i] for v, i in zip(view, index)])
+        return self._features(images, regions)
+
+    def validation_features(self) -> torch.Tensor:
+        return self._features(self.val.images, self.val.regions)
 
 
 class FinetuneTrainer(_Trainer):
@@ -191,13 +241,12 @@ class FinetuneTrainer(_Trainer):
         return self.summarise(losses, sizes, correct)
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
+    def validate(self) -> dict[str, float]:
         self.backbone.eval()
         self.head.eval()
         logits = torch.cat([self._logits(self.val.images[i:i + self.eval_batch], self.val.regions[i:i + self.eval_batch])
                             for i in range(0, len(self.val), self.eval_batch)])
-        y = self.val.labels
-        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+        return validation_scores(logits, self.val.labels)
 
     def state(self) -> dict:
         return {"head": {k: v.detach().clone() for k, v in self.head.state_dict().items()},
@@ -215,10 +264,10 @@ def fit(trainer, settings: TrainSettings, on_epoch: Callable[[EpochRecord], None
     for epoch in range(1, settings.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = trainer.train_epoch(epoch)
-        val_loss, val_acc = trainer.validate()
-        record = EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - start)
+        scores = trainer.validate()
+        record = EpochRecord(epoch, train_loss, train_acc, seconds=time.perf_counter() - start, **scores)
         history.append(record)
-        stop = stopper.step(epoch, val_loss, trainer.state())
+        stop = stopper.step(epoch, record.val_loss, trainer.state())
         if on_epoch:
             on_epoch(record)
         if stop:

@@ -1,0 +1,1 @@
+"""Frozen-backbone feature cache: content-addressed, on disk (shared between runs) and in memory."""

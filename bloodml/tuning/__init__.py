@@ -1,0 +1,1 @@
+"""Optuna tuning: search spaces, the study loop (one or many workers), champion promotion in the registry."""

@@ -1,0 +1,286 @@
+"""One Optuna study, run by one or many workers: every trial is a nested MLflow run under the study's parent
+run, pruned per epoch on the validation objective; at the end the best trial's model is promoted in the
+Model Registry. Several workers (on several machines) share a study through its storage (PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from ..config import RunConfig, replace
+from ..data.prepare import prepare
+from ..errors import BloodmlError
+from ..runtime import configure, say, show_progress
+from ..tracking.store import configure_tracking, ui_hint
+from ..train import StopRun, run_training
+from .champion import promote
+from .space import load_space, suggest
+
+OBJECTIVES = {"val_macro_f1": "maximize", "val_balanced_accuracy": "maximize", "val_accuracy": "maximize",
+              "val_loss": "minimize"}
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# How often a running trial proves its worker alive, and after how long without it the trial counts as lost.
+# The ask/tell loop below records heartbeats itself (Optuna warns that they are meant for Study.optimize).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", module="optuna")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+HEARTBEAT_S = int(os.environ.get("BLOODML_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("BLOODML_GRACE_S", "40"))
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    n_trials: int = 20
+    timeout: float = 0.0  # seconds this worker may keep starting trials (0: no limit)
+    study_name: str = ""
+    storage: str = "sqlite:///optuna.db"
+    objective: str = "val_macro_f1"
+    space: str = ""  # YAML replacing the default search space
+    pruner: str = "median"  # median, halving or none
+    model_name: str = ""  # registry name (default derived from the data)
+    alias: str = "champion"
+
+
+def default_model_name(config: RunConfig) -> str:
+    stem = Path(str(config.data).rstrip("/")).stem or "data"
+    task = "-" + re.sub(r"[^A-Za-z0-9]+", "-", config.positive_classes) + "-vs-rest" if config.positive_classes else ""
+    return re.sub(r"-+", "-", f"bloodml-{stem}{task}").strip("-").lower()
+
+
+def default_study_name(config: RunConfig) -> str:
+    return f"{default_model_name(config)}-{config.backbone}-{config.masks}"
+
+
+def _storage(url: str) -> RDBStorage:
+    def mark_mlflow_failed(study: optuna.Study, trial) -> None:
+        """A worker died mid-trial (heartbeat stopped): its MLflow run is marked FAILED too."""
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string=f"tags.`optuna.study` = '{study.study_name}' and "
+                                                f"tags.`optuna.trial` = '{trial.number}' and attributes.status = 'RUNNING'")
+        for run in runs:
+            mlflow.MlflowClient().set_tag(run.info.run_id, "bloodml.state", "FAILED (worker lost)")
+            mlflow.MlflowClient().set_terminated(run.info.run_id, "FAILED")
+        RetryFailedTrialCallback(max_retry=1)(study, trial)
+
+    try:
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          heartbeat_stale_trial_callback=mark_mlflow_failed)
+    except Exception as exc:
+        raise BloodmlError(f"Optuna storage '{url}' cannot be opened ({str(exc).splitlines()[0][:120]}); pass "
+                           f"storage=sqlite:///optuna.db or a reachable postgresql://user:pass@host/db.")
+
+
+def _pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=2)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise BloodmlError(f"pruner='{name}' is unknown; use median, halving or none.")
+
+
+def _parent_run(study: optuna.Study, config: RunConfig, settings: TuneSettings) -> str:
+    """The study's one parent MLflow run, shared by every worker (its ID lives in the study's attributes)."""
+    known = study.user_attrs.get("mlflow_parent_run_id")
+    if known:
+        return known
+    client = mlflow.MlflowClient()
+    if os.environ.get("MLFLOW_RUN_ID"):  # launched by `mlflow run -e tune`: that run is the parent
+        parent = client.get_run(os.environ["MLFLOW_RUN_ID"])
+        for key, value in {"bloodml.task": "tune", "optuna.study": study.study_name}.items():
+            client.set_tag(parent.info.run_id, key, value)
+    else:
+        mlflow.set_experiment(config.experiment)
+        parent = client.create_run(mlflow.get_experiment_by_name(config.experiment).experiment_id,
+                                   run_name=f"tune-{study.study_name}",
+                                   tags={"bloodml.task": "tune", "optuna.study": study.study_name})
+    client.log_batch(parent.info.run_id, params=[
+        mlflow.entities.Param(k, str(v)[:6000]) for k, v in {
+            **{f"fixed.{k}": v for k, v in config.to_params().items()},
+            "n_trials": settings.n_trials, "objective": settings.objective, "pruner": settings.pruner,
+            "storage": re.sub(r"://[^@/]*@", "://***@", settings.storage), "space": settings.space or "default"}.items()])
+    # Workers starting together may each have made one: the earliest-started parent of this study wins.
+    candidates = mlflow.search_runs(experiment_ids=[parent.info.experiment_id], output_format="list",
+                                    filter_string=f"tags.`optuna.study` = '{study.study_name}' and "
+                                                  f"tags.`bloodml.task` = 'tune'")
+    winner = min(candidates + [parent], key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+    if winner != parent.info.run_id:
+        if os.environ.get("MLFLOW_RUN_ID") == parent.info.run_id:
+            client.set_tag(parent.info.run_id, "bloodml.parent", winner)  # cannot delete the run we are in
+        else:
+            client.delete_run(parent.info.run_id)
+    study.set_user_attr("mlflow_parent_run_id", winner)
+    return winner
+
+
+def _slot_taken(study: optuna.Study, number: int, n_trials: int) -> bool:
+    """True when ``n_trials`` counted trials with smaller numbers exist (this trial would be one too many)."""
+    earlier = [t for t in study.get_trials(deepcopy=False, states=COUNTED) if t.number < number]
+    return len(earlier) >= n_trials
+
+
+class _Heartbeat:
+    """Records a trial's heartbeat from a thread, so dead workers' trials are detected by the others."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int):
+        self.storage, self.trial_id, self.stop = storage, trial_id, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while not self.stop.wait(HEARTBEAT_S):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self):
+        self.storage.record_heartbeat(self.trial_id)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def _log_study_plots(study: optuna.Study, parent_run_id: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    plots = {"optimization_history": vis.plot_optimization_history, "slice": vis.plot_slice}
+    if len(finished) >= 2:
+        plots["param_importances"] = vis.plot_param_importances
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, plot in plots.items():
+            try:
+                axes = plot(study)
+                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+                figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
+                figure.tight_layout()
+                figure.savefig(Path(tmp) / f"{name}.png", dpi=100)
+                plt.close("all")
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                say(f"note: study plot {name} skipped ({exc})")
+        study.trials_dataframe().to_csv(Path(tmp) / "trials.csv", index=False)
+        mlflow.MlflowClient().log_artifacts(parent_run_id, tmp, artifact_path="study")
+
+
+def tune(config: RunConfig, settings: TuneSettings) -> dict:
+    """Run trials until the study holds ``n_trials`` finished or pruned trials (counting every worker's)."""
+    if settings.objective not in OBJECTIVES:
+        raise BloodmlError(f"objective='{settings.objective}' is unknown; use one of {', '.join(OBJECTIVES)}.")
+    if settings.n_trials < 1:
+        raise BloodmlError(f"n_trials={settings.n_trials} must be at least 1.")
+    space = load_space(settings.space)
+    configure(config.threads, config.seed)
+    uri = configure_tracking()
+    name = settings.study_name or default_study_name(config)
+    storage = _storage(settings.storage)
+    sampler = optuna.samplers.TPESampler(seed=config.seed + os.getpid() if not settings.storage.startswith("sqlite")
+                                         else config.seed)
+    study = optuna.create_study(study_name=name, storage=storage, direction=OBJECTIVES[settings.objective],
+                                sampler=sampler, pruner=_pruner(settings.pruner), load_if_exists=True)
+    data = prepare(config, progress=show_progress())
+    parent = _parent_run(study, config, settings)
+    metric = settings.objective if settings.objective != "val_loss" else "val_loss"
+    final_metric = {"val_loss": "val_final_loss"}.get(settings.objective, settings.objective.replace("val_", "val_final_"))
+
+    def objective(trial: optuna.Trial) -> float:
+        values = suggest(trial, space)
+        trial_config = replace(config, **values, run_name=f"{name}-trial-{trial.number}")
+
+        def report(record):
+            trial.report(getattr(record, metric), record.epoch)
+            if trial.should_prune():
+                raise StopRun(f"pruned by Optuna at epoch {record.epoch}")
+
+        tags = {"optuna.study": name, "optuna.trial": str(trial.number), "bloodml.task": "tune-trial"}
+        try:
+            result = run_training(trial_config, data=data, parent_run_id=parent, tags=tags, epoch_hook=report)
+        except StopRun as stop:
+            raise optuna.TrialPruned(str(stop))
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        mlflow.MlflowClient().set_tag(result.run_id, "bloodml.state", "COMPLETE")
+        return result.metrics[final_metric]
+
+    started, failures, mine = time.monotonic(), 0, set()
+    while True:
+        optuna.storages.fail_stale_trials(study)  # trials of dead workers: FAILED, and retried once
+        if settings.timeout and time.monotonic() - started > settings.timeout:
+            break
+        counted = study.get_trials(deepcopy=False, states=COUNTED)
+        if len(counted) >= settings.n_trials:
+            if any(t.state == TrialState.RUNNING for t in counted):
+                time.sleep(HEARTBEAT_S)  # others still running (or dead): wait, so the study really completes
+                continue
+            break
+        trial = study.ask()
+        if _slot_taken(study, trial.number, settings.n_trials):
+            study.tell(trial, state=TrialState.FAIL)  # raced another worker for the last slot; nothing ran
+            break
+        mine.add(trial.number)
+        say(f"trial {trial.number} ({len(counted) + 1}/{settings.n_trials}) of study {name}")
+        with _Heartbeat(storage, trial._trial_id):
+            try:
+                value = objective(trial)
+                study.tell(trial, value)
+                failures = 0
+                say(f"trial {trial.number} finished: {settings.objective} {value:.4f}")
+            except optuna.TrialPruned as pruned:
+                study.tell(trial, state=TrialState.PRUNED)
+                say(f"trial {trial.number} {pruned}")
+            except BloodmlError:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            except Exception as exc:  # one bad trial must not end the study
+                study.tell(trial, state=TrialState.FAIL)
+                failures += 1
+                say(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
+                if failures >= 3:
+                    raise BloodmlError(f"3 trials in a row failed (last: {type(exc).__name__}: {exc}); "
+                                       f"fix the cause and rerun with study_name={name} to continue.")
+    return finish(study, config, settings, parent, data, uri, mine)
+
+
+def finish(study: optuna.Study, config: RunConfig, settings: TuneSettings, parent: str, data, uri: str,
+           mine: set[int]) -> dict:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    summary = {"study": study.study_name, "parent_run_id": parent,
+               "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
+               "failed": states.count(TrialState.FAIL), "running": states.count(TrialState.RUNNING)}
+    say(f"study {study.study_name}: {summary['complete']} complete, {summary['pruned']} pruned, "
+        f"{summary['failed']} failed, {summary['running']} still running elsewhere")
+    ended = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    last = max(ended, key=lambda t: (t.datetime_complete, t.number)).number if ended else None
+    if summary["running"] or summary["complete"] == 0 or (mine and last not in mine):
+        return summary  # exactly one worker (the one that ended the study's last trial) registers the champion
+    best = study.best_trial
+    run_id = best.user_attrs["mlflow_run_id"]
+    name = settings.model_name or default_model_name(config)
+    val_rows = data.split("val")
+    version, promoted, reason = promote(name, run_id, settings.objective, best.value, val_rows, settings.alias)
+    client = mlflow.MlflowClient()
+    client.log_metric(parent, f"best_{settings.objective}", best.value)
+    for key, value in {"best_trial": str(best.number), "best_run_id": run_id, "registered_model": name,
+                       "registered_version": str(version), "champion_promoted": str(promoted).lower()}.items():
+        client.set_tag(parent, key, value)
+    _log_study_plots(study, parent)
+    client.set_terminated(parent, "FINISHED")
+    say(f"best trial {best.number}: {settings.objective} {best.value:.4f} (run {run_id})")
+    say(f"registry: {name} version {version} " + (f"is now @{settings.alias}" if promoted else
+                                                  f"registered, @{settings.alias} unchanged") + f" ({reason})")
+    say(f"see it: {ui_hint(uri)}")
+    return {**summary, "best_trial": best.number, "best_value": best.value, "best_run_id": run_id,
+            "model_name": name, "version": version, "promoted": promoted}

@@ -1,0 +1,81 @@
+"""Optuna tuning with the real Optuna and MLflow (local SQLite stores), tiny backbone, synthetic cells."""
+
+import mlflow
+import optuna
+import pandas as pd
+
+from bloodml.config import build_config
+from bloodml.train import run_training
+from bloodml.tuning.champion import promote
+from bloodml.tuning.study import TuneSettings, tune
+from clihelp import run_cli
+from conftest import tiny_overrides
+
+SPACE = """space:
+  dropout: {type: float, low: 0.0, high: 0.5}
+  l2: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
+  balance: {type: categorical, choices: [none, weights]}
+"""
+
+
+def test_study_nests_trials_registers_champion_and_resumes(make_wbc, tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    config = build_config(None, tiny_overrides(make_wbc(per_class=10), epochs=4, gradcam_samples=0, bootstrap=100,
+                                               experiment="tuning"))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    settings = TuneSettings(n_trials=4, study_name="s1", storage=storage, space=str(tmp_path / "space.yaml"),
+                            model_name="cells")
+    first = tune(config, settings)
+    study = optuna.load_study(study_name="s1", storage=storage)
+    assert len(study.trials) == 4 and first["complete"] + first["pruned"] == 4
+    client = mlflow.MlflowClient()
+    parent = client.get_run(first["parent_run_id"])
+    children = mlflow.search_runs(experiment_names=["tuning"], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4 and {c.data.tags["optuna.trial"] for c in children} == {"0", "1", "2", "3"}
+    assert {c.data.params["dropout"] == f"{t.params['dropout']}" for c in children for t in study.trials
+            if c.data.tags["optuna.trial"] == str(t.number)} == {True}
+    assert {c.data.tags["bloodml.state"] for c in children} <= {"COMPLETE", "PRUNED"}
+    champion = client.get_model_version_by_alias("cells", "champion")
+    assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"] == first["best_run_id"]
+    study_files = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    assert {"study/optimization_history.png", "study/slice.png", "study/trials.csv"} <= study_files
+
+    second = tune(config, TuneSettings(**{**settings.__dict__, "n_trials": 6}))  # same study name: continues
+    study = optuna.load_study(study_name="s1", storage=storage)
+    assert [t.number for t in study.trials] == list(range(6))
+    assert second["parent_run_id"] == first["parent_run_id"]
+
+
+def test_champion_only_replaced_by_a_better_model(make_wbc):
+    root = make_wbc(per_class=20)
+    good = run_training(build_config(None, tiny_overrides(root, epochs=6, gradcam_samples=0, bootstrap=100)))
+    bad = run_training(build_config(None, tiny_overrides(root, epochs=1, lr=1e-7, gradcam_samples=0, bootstrap=100)))
+    val = good.data.split("val")
+    version, promoted, reason = promote("m", good.run_id, "val_macro_f1", good.metrics["val_final_macro_f1"], val)
+    assert promoted and reason == "first champion"
+    version, promoted, reason = promote("m", bad.run_id, "val_macro_f1", bad.metrics["val_final_macro_f1"], val)
+    assert not promoted and "shared validation images" in reason, reason
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias("m", "champion").run_id == good.run_id
+    assert len(client.search_model_versions("name='m'")) == 2  # the challenger is kept as a version
+
+    client.set_registered_model_alias("m", "champion", version)  # pretend the weak one had been champion
+    _, promoted, _ = promote("m", good.run_id, "val_macro_f1", good.metrics["val_final_macro_f1"], val)
+    assert promoted and client.get_model_version_by_alias("m", "champion").run_id == good.run_id
+
+
+def test_tune_cli_and_predict_with_the_champion(make_folders, tmp_path, capsys):
+    root = make_folders(per_class=8)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    code, out, err = run_cli(capsys, "tune", "--data", root, "--backbone", "test_efficientnet", "--pretrained",
+                             "false", "--image_size", "32", "--epochs", "2", "--min_class_count", "2",
+                             "--near_duplicate_distance", "-1", "--gradcam_samples", "0", "--n_trials", "2",
+                             "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--space", tmp_path / "space.yaml",
+                             "--model_name", "folders")
+    assert code == 0, err
+    assert "is now @champion" in out
+    code, out, err = run_cli(capsys, "predict", "-m", "models:/folders@champion", root / "beta", "-o", tmp_path / "p.csv")
+    assert code == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 8, err
+    code, out, err = run_cli(capsys, "tune", "--data", root, "--objective", "speed")
+    assert code == 2 and "objective='speed' is unknown" in err
