@@ -67,6 +67,36 @@ def tune(config_path, n_trials, timeout, study_name, storage, objective, space, 
                                                        pruner=pruner, model_name=model_name))
 
 
+@cli.command()
+@click.option("--config", "study_file", required=True, help="study file, e.g. experiments/wbc_study_offline.yaml")
+@click.option("--out", default="", help="folder for the report (default study-<name>)")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="override a run parameter for every run")
+def study(study_file, out, sets):
+    """Answer a study's questions: every configuration on the same folds, paired tests, a report."""
+    from .study.runner import run_study
+    from .study.spec import load_study
+
+    overrides = {}
+    for item in sets:
+        if "=" not in item:
+            raise BloodmlError(f"--set '{item}' needs NAME=VALUE, e.g. --set epochs=10.")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    spec = load_study(study_file, overrides)
+    run_study(spec, Path(out or f"study-{spec.name}"))
+
+
+@cli.command("evaluate")
+@click.option("-m", "--model", "reference", required=True, help="models:/<name>@<alias>, runs:/<id>/model or a run ID")
+@click.option("--label-map", default="", help="their label -> the model's class, e.g. 'LY=lymphocyte,NE=neutrophil'")
+@run_options
+def evaluate_cmd(reference, label_map, config_path, **values):
+    """Score a trained model on another dataset (layout options as for train) and log it as its own run."""
+    from .evaluate import evaluate_model
+
+    evaluate_model(reference, _config(config_path, values), label_map)
+
+
 @cli.command("audit-split")
 @click.argument("manifest", required=False, type=click.Path(path_type=Path))
 @click.option("--train", "train_dir", type=click.Path(path_type=Path), help="folder of training images (any depth)")

@@ -66,10 +66,11 @@ def positive_index(config: RunConfig, classes: list[str]) -> int | None:
     return classes.index(name) if name in classes else 1
 
 
-def evaluation_settings(config: RunConfig, classes: list[str]) -> EvaluationSettings:
+def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = True) -> EvaluationSettings:
     return EvaluationSettings(mask_mode=config.masks, positive=positive_index(config, classes),
                               threshold=config.threshold, temperature_scaling=config.temperature_scaling,
-                              gradcam_samples=config.gradcam_samples, n_boot=config.bootstrap, seed=config.seed)
+                              gradcam_samples=config.gradcam_samples if plots else 0, n_boot=config.bootstrap,
+                              seed=config.seed, plots=plots)
 
 
 def build_trainer(config: RunConfig, backbone, preprocess, head, train: ImageSet, val: ImageSet, classes, progress):
@@ -124,7 +125,8 @@ def epoch_logger(total: int, hook=None):
 
 
 def run_training(config: RunConfig, data: PreparedData | None = None, parent_run_id: str | None = None,
-                 tags: dict | None = None, epoch_hook=None) -> TrainResult:
+                 tags: dict | None = None, epoch_hook=None, log_trained_model: bool = True,
+                 plots: bool = True) -> TrainResult:
     """Train, evaluate and log one run. ``epoch_hook(record)`` may raise :class:`StopRun`: the run then ends as
     KILLED with the tag ``bloodml.state`` and the exception propagates."""
     progress = show_progress()
@@ -166,16 +168,17 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
         if hasattr(trainer, "feature_seconds"):
             metrics["feature_seconds"] = trainer.feature_seconds
         with tempfile.TemporaryDirectory() as tmp:
+            settings = evaluation_settings(config, data.classes, plots)
             metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
-                                    result.history, result.best_epoch, evaluation_settings(config, data.classes),
-                                    Path(tmp)))
+                                    result.history, result.best_epoch, settings, Path(tmp)))
             mlflow.log_artifacts(tmp, artifact_path="evaluation")
         metrics["train_seconds"] = time.perf_counter() - started
         metrics.update({f"n_{s}": float(len(sets[s])) for s in ("train", "val", "test")})
         mlflow.log_metrics(metrics)
         example = network_input(sets["test"].images[:2], sets["test"].regions[:2], config.masks)
-        log_model(model, example, {"backbone": config.backbone, "mask_codes": config.mask_codes,
-                                   "bloodml_version": __import__("bloodml").__version__})
+        if log_trained_model:
+                log_model(model, example, {"backbone": config.backbone, "mask_codes": config.mask_codes,
+                                       "bloodml_version": __import__("bloodml").__version__})
         say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
             f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +34,28 @@ class ImageSet:
 
 
 def load_sample(path: str, mask_path: str | None, size: int, mask_codes: dict | None):
-    """One image (3,S,S) uint8 and its region map (S,S) uint8 (zeros, has_mask False, when there is no mask)."""
+    """One image (3,S,S) uint8 and its region map (S,S) uint8 (zeros, has_mask False, when there is no mask).
+
+    Memoised per process on the files' paths, sizes and modification times (studies load the same images for
+    every fold and configuration); a changed file is read again."""
+    codes_key = tuple(sorted(mask_codes.items())) if mask_codes else None
+    stamp = tuple(_stat(p) for p in (path, mask_path))
+    return _load_sample(path, mask_path, size, codes_key, stamp)
+
+
+def _stat(path: str | None):
+    if not path:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=20_000)
+def _load_sample(path: str, mask_path: str | None, size: int, codes_key, stamp):
+    mask_codes = dict(codes_key) if codes_key else None
     rgb = read_rgb(path)
     regions = None
     if mask_path:

@@ -33,6 +33,7 @@ class EvaluationSettings:
     gradcam_samples: int = 12
     n_boot: int = 1000
     seed: int = 0
+    plots: bool = True  # False: metrics and predictions only (fast, for the many runs of a study)
 
 
 @torch.no_grad()
@@ -87,6 +88,9 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
             out / f"predictions_{split}.csv", index=False)
 
     labels, probabilities, predicted = predictions["test"]
+    if not settings.plots:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        return metrics
     history_rows = [asdict(h) if not isinstance(h, dict) else h for h in history]
     pd.DataFrame(history_rows).to_csv(out / "history.csv", index=False)
     plots.learning_curves(history_rows, best_epoch, out / "learning_curves.png")

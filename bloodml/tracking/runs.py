@@ -18,6 +18,8 @@ def training_run(experiment: str, run_name: str, parent_run_id: str | None = Non
 
     Sets the experiment only when not launched by `mlflow run` (which names the run itself)."""
     if parent_run_id:
+        # Under `mlflow run`, MLFLOW_RUN_ID names the parent: a child must not take that run over.
+        os.environ.pop("MLFLOW_RUN_ID", None)
         experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
         with mlflow.start_run(run_name=run_name or None, experiment_id=experiment_id, parent_run_id=parent_run_id,
                               nested=mlflow.active_run() is not None, tags=tags) as run:

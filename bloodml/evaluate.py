@@ -1,0 +1,69 @@
+"""Score a trained model on another dataset (another instrument, another lab) and log it as its own MLflow run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import RunConfig
+from .data.dataset import load_sample
+from .data.labels import parse_class_names
+from .data.masks import parse_mask_codes
+from .data.prepare import read_labelled, require_masks
+from .errors import BloodmlError
+from .evaluation.calibration import expected_calibration_error
+from .evaluation.metrics import classification_metrics, majority_rate
+from .predict import load_model
+from .runtime import say
+from .tracking.runs import log_params, log_table, training_run
+from .tracking.store import configure_tracking
+from .training.features import network_input
+
+
+def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32) -> dict[str, float]:
+    configure_tracking()
+    model, meta = load_model(reference)
+    classes, size, mode = meta["class_names"], int(meta["image_size"]), meta.get("mask_mode", "none")
+    codes = parse_mask_codes(config.mask_codes or meta.get("mask_codes", "")) if (config.mask_codes or meta.get(
+        "mask_codes")) else None
+    table, fmt, root, notes = read_labelled(config)
+    mapping = parse_class_names(label_map) if label_map else {}
+    table = table.assign(label=table["label"].map(lambda v: mapping.get(v, v)))
+    unknown = sorted(set(table["label"]) - set(classes))
+    if unknown:
+        raise BloodmlError(f"labels {', '.join(unknown)} of {config.data} are not among the model's classes "
+                           f"({', '.join(classes)}); map them with --label-map 'theirs=ours,...'.")
+    require_masks(table, mode)
+    probabilities = []
+    for start in range(0, len(table), batch):
+        chunk = table.iloc[start:start + batch]
+        samples = [load_sample(p, m if isinstance(m, str) else None, size, codes)
+                   for p, m in zip(chunk["path"], chunk["mask_path"])]
+        x = network_input(torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]), mode)
+        probabilities.append(np.asarray(model.predict(x.numpy().astype(np.float32))))
+    probabilities = np.concatenate(probabilities)
+    truth = np.array([classes.index(label) for label in table["label"]])
+    positive = classes.index(config.positive_classes) if config.positive_classes in classes else None
+    metrics = classification_metrics(truth, probabilities, "eval_", classes, positive, config.threshold,
+                                     config.bootstrap, config.seed)
+    metrics["eval_majority_rate"] = majority_rate(truth)
+    metrics["eval_ece"] = expected_calibration_error(truth, probabilities)
+    metrics["eval_images"] = float(len(table))
+    with training_run(config.experiment, config.run_name or f"evaluate-{Path(str(config.data)).name}",
+                      tags={"bloodml.task": "evaluate", "model": reference, "masks_used": str(mode != "none").lower()}):
+        log_params({"model": reference, "data": config.data, "label_map": label_map or "(none)", "format": fmt})
+        mlflow.log_metrics(metrics)
+        predictions = pd.DataFrame({"file": table["path"], "true_label": table["label"],
+                                    "predicted_label": [classes[i] for i in probabilities.argmax(1)]})
+        for i, name in enumerate(classes):
+            predictions[f"p_{name}"] = probabilities[:, i]
+        log_table(predictions, "evaluation/predictions.csv")
+    say(f"{reference} on {config.data}: accuracy {metrics['eval_accuracy']:.3f} "
+        f"({metrics['eval_accuracy_ci_low']:.3f}-{metrics['eval_accuracy_ci_high']:.3f}), macro-F1 "
+        f"{metrics['eval_macro_f1']:.3f}, {len(table)} images (majority rate {metrics['eval_majority_rate']:.3f})")
+    return metrics

@@ -1,0 +1,1 @@
+"""Studies: many configurations on the same folds, paired comparisons, one report."""

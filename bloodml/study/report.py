@@ -1,0 +1,109 @@
+"""The study report: results table, per-question comparison plots (per-fold dots with CIs), verdicts, the leakage
+audit and the data summary, as Markdown plus the CSVs behind it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .spec import METRICS  # noqa: E402
+from .statistics import mean_ci  # noqa: E402
+
+
+def _short(name: str, factor: str) -> str:
+    parts = dict(p.split("=", 1) for p in name.split("__") if "=" in p)
+    return parts.get(factor, name) if factor != "control" else ("background only" if "background" in name else "reference")
+
+
+def _plot_question(question, scores, metric, path: Path) -> Path:
+    names = list(dict.fromkeys([n for pair in question.pairs for n in pair]))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(names), 3.8))
+    rng = np.random.default_rng(0)
+    for x, name in enumerate(names):
+        values = np.array(scores[name][metric])
+        ax.scatter(x + rng.uniform(-0.12, 0.12, len(values)), values, s=14, alpha=0.6, color="tab:blue")
+        mean, _, low, high = mean_ci(values)
+        ax.errorbar(x + 0.25, mean, yerr=[[mean - low], [high - mean]] if np.isfinite(low) else None, fmt="o",
+                    color="black", capsize=4)
+    ax.set_xticks(range(len(names)), [_short(n, question.factor) for n in names], rotation=15)
+    ax.set_ylabel(f"test {metric} per fold")
+    ax.set_title(question.name, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    spec = result.spec
+    rows = []
+    for name, per_metric in result.scores.items():
+        row = {"configuration": name}
+        for metric in METRICS:
+            mean, std, low, high = mean_ci(np.array(per_metric[metric]))
+            row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+        rows.append(row)
+    results = pd.DataFrame(rows)
+    results.to_csv(out / "results.csv", index=False)
+    per_fold = pd.DataFrame([{"configuration": n, "fold": i, **{m: v[m][i] for m in METRICS}}
+                             for n, v in result.scores.items() for i in range(len(v[METRICS[0]]))])
+    per_fold.to_csv(out / "per_fold.csv", index=False)
+    pd.DataFrame([c.__dict__ | {"verdict": c.verdict()} for c in result.comparisons]).to_csv(
+        out / "comparisons.csv", index=False)
+
+    protocol = (f"{spec.repeats} x {spec.folds}-fold stratified, group-aware cross-validation "
+                f"(validation split of {spec.val_fraction:.0%} inside each training fold; the same folds for every "
+                f"configuration)" if spec.protocol == "cv" else "a single stratified 70/15/15 hold-out split")
+    lines = [f"# Study: {spec.name}", "",
+             f"Data: `{spec.base.data}`, {len(table)} images; protocol: {protocol}. Compared metric: test "
+             f"{spec.metric}. Wall time {result.seconds / 60:.1f} min.", "", "## Verdicts", ""]
+    lines += [f"- **{c.question}** {c.verdict()}; Wilcoxon signed-rank p={c.wilcoxon_p:.3g}, "
+              f"{c.n_folds} paired folds." for c in result.comparisons]
+    lines += ["", "Differences are (second - first) per fold; their 95 % interval comes from the corrected "
+              "resampled t-test (Nadeau & Bengio 2003), which widens the naive interval because training sets "
+              "overlap between folds. An interval that covers zero means no detectable difference.", "",
+              "## Results", "", "| configuration | " + " | ".join(f"{m} (95% CI)" for m in METRICS) + " |",
+              "|---|" + "---|" * len(METRICS)]
+    for row in rows:
+        lines.append(f"| {row['configuration']} | " + " | ".join(
+            f"{row[f'{m}_mean']:.3f} ({row[f'{m}_ci_low']:.3f}-{row[f'{m}_ci_high']:.3f})" for m in METRICS) + " |")
+    lines += ["", "## Comparisons", ""]
+    for i, question in enumerate(spec.questions):
+        path = _plot_question(question, result.scores, spec.metric, out / f"question_{i}.png")
+        lines += [f"### {question.name}", "", f"![{question.name}]({path.name})", ""]
+    background = [c for c in result.comparisons if c.question.startswith("Background-only")]
+    if background:
+        name = background[0].a
+        balanced = np.array(result.scores[name]["balanced_accuracy"])
+        mean, _, low, high = mean_ci(balanced)
+        chance = 1 / table["label"].nunique()
+        lines += ["## Background-only control", "",
+                  f"With the cell masked out, balanced accuracy is {mean:.3f} (95% CI {low:.3f}-{high:.3f}) against "
+                  f"{chance:.3f} for guessing. " + ("The background alone predicts the label above chance: the "
+                                                     "dataset leaks its labels through acquisition or surroundings, "
+                                                     "so part of any whole-image score may not come from the cell."
+                                                     if low > chance else
+                                                     "No evidence that the background alone predicts the label."), ""]
+    counts = table.groupby("label").size()
+    groups = table.groupby("group").size()
+    lines += ["## Leakage audit", "",
+              f"Every fold was audited for images shared between its train, validation and test parts (same path, "
+              f"same bytes, or perceptual-hash distance <= {spec.base.near_duplicate_distance}): "
+              f"**{result.leaks} leaks**. {int((groups > 1).sum())} groups of copies/near-copies "
+              f"({int(groups[groups > 1].sum())} images) were kept on one side of every split.", "",
+              "## Data", "", "| class | images |", "|---|---|"]
+    lines += [f"| {label} | {n} |" for label, n in counts.items()]
+    lines += [""] + [f"- note: {n}" for n in notes]
+    lines += ["", "Files: [results.csv](results.csv), [per_fold.csv](per_fold.csv), "
+              "[comparisons.csv](comparisons.csv)."]
+    report = out / "study_report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

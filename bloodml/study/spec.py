@@ -1,0 +1,142 @@
+"""The study file (experiments/*_study.yaml): dataset, fixed settings, factors and levels, protocol, questions.
+
+Design: one factor at a time from a reference configuration, so each question compares configurations that
+differ in that factor only, on the same folds (a paired design)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import PARAMETERS, RunConfig, build_config, load_yaml, replace
+from ..errors import BloodmlError
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    factors: dict[str, str]  # factor -> level name
+    config: RunConfig
+    control: bool = False
+
+
+@dataclass(frozen=True)
+class Question:
+    name: str
+    factor: str
+    pairs: list[tuple[str, str]]  # (configuration a, configuration b): b - a is reported
+
+
+@dataclass
+class StudySpec:
+    name: str
+    base: RunConfig
+    protocol: str
+    folds: int
+    repeats: int
+    val_fraction: float
+    metric: str
+    configurations: list[Configuration] = field(default_factory=list)
+    questions: list[Question] = field(default_factory=list)
+
+
+def _levels(factor: str, value: Any, source: str) -> dict[str, dict[str, Any]]:
+    """A factor's levels as {level name: run parameters}. A list sets the parameter of the factor's name."""
+    if isinstance(value, list):
+        if factor not in PARAMETERS:
+            raise BloodmlError(f"{source}: factor '{factor}' is not a run parameter; give its levels as a mapping "
+                               f"of level name -> parameters.")
+        return {str(level): {factor: level} for level in value}
+    if isinstance(value, dict):
+        for level, params in value.items():
+            if not isinstance(params, dict):
+                raise BloodmlError(f"{source}: level '{level}' of factor '{factor}' needs a mapping of parameters.")
+            unknown = [p for p in params if p not in PARAMETERS]
+            if unknown:
+                raise BloodmlError(f"{source}: level '{level}' sets unknown parameter '{unknown[0]}'.")
+        return {str(k): dict(v) for k, v in value.items()}
+    raise BloodmlError(f"{source}: factor '{factor}' needs a list of levels or a mapping of named levels.")
+
+
+def _name(factors: dict[str, str]) -> str:
+    return "__".join(f"{k}={v}" for k, v in factors.items())
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    source = f"study {path}"
+    content = load_yaml(path)
+    known = {"name", "run", "settings", "protocol", "metric", "factors", "reference", "questions", "controls"}
+    unknown = set(content) - known
+    if unknown:
+        raise BloodmlError(f"{source}: unknown key '{sorted(unknown)[0]}'; use {', '.join(sorted(known))}.")
+    run_file = content.get("run")
+    if run_file and not Path(run_file).is_file():
+        candidate = Path(path).parent / Path(run_file).name
+        run_file = str(candidate) if candidate.is_file() else run_file
+    base = build_config(run_file, {**{k: str(v) for k, v in (content.get("settings") or {}).items()},
+                                   **(overrides or {})})
+    protocol = dict(content.get("protocol") or {})
+    kind = protocol.get("type", "cv")
+    if kind not in ("cv", "holdout"):
+        raise BloodmlError(f"{source}: protocol type '{kind}' is unknown; use cv or holdout.")
+    metric = content.get("metric", "macro_f1")
+    if metric not in METRICS:
+        raise BloodmlError(f"{source}: metric '{metric}' is unknown; use one of {', '.join(METRICS)}.")
+    spec = StudySpec(name=str(content.get("name") or Path(path).stem), base=base, protocol=kind,
+                     folds=int(protocol.get("folds", 5)), repeats=int(protocol.get("repeats", 3)),
+                     val_fraction=float(protocol.get("val_fraction", 0.15)), metric=metric)
+    if kind == "holdout":
+        spec.folds, spec.repeats = 1, 1
+    if spec.folds < 2 and kind == "cv":
+        raise BloodmlError(f"{source}: folds must be at least 2 for cross-validation.")
+
+    factors = {name: _levels(name, value, source) for name, value in (content.get("factors") or {}).items()}
+    if not factors:
+        raise BloodmlError(f"{source}: no factors; list at least one (e.g. masks: [none, cell]).")
+    reference = {k: str(v) for k, v in (content.get("reference") or {}).items()}
+    for factor, levels in factors.items():
+        reference.setdefault(factor, next(iter(levels)))
+        if reference[factor] not in levels:
+            raise BloodmlError(f"{source}: reference level '{reference[factor]}' is not a level of '{factor}'.")
+
+    def configuration(chosen: dict[str, str], control: bool = False, extra: dict | None = None) -> Configuration:
+        params: dict[str, Any] = {}
+        for factor, level in chosen.items():
+            params.update(factors.get(factor, {}).get(level, {}))  # a control's level is set by ``extra``
+        params.update(extra or {})
+        name = _name(chosen)
+        return Configuration(name, dict(chosen), replace(base, **params, run_name=name), control)
+
+    seen: dict[str, Configuration] = {}
+    ref = configuration(reference)
+    seen[ref.name] = ref
+    for factor, levels in factors.items():
+        for level in levels:
+            item = configuration({**reference, factor: level})
+            seen.setdefault(item.name, item)
+    controls = content.get("controls") or {}
+    if controls.get("background_only"):
+        item = configuration({**reference, "masks": "background"} if "masks" in factors else
+                             {**reference, "control": "background_only"}, control=True, extra={"masks": "background"})
+        seen.setdefault(item.name, item)
+    spec.configurations = list(seen.values())
+
+    for entry in content.get("questions") or [{"factor": f} for f in factors]:
+        factor = entry.get("factor")
+        if factor not in factors:
+            raise BloodmlError(f"{source}: question factor '{factor}' is not one of the factors.")
+        names = [_name({**reference, factor: level}) for level in factors[factor]]
+        if entry.get("steps"):  # consecutive levels: does each added technique help?
+            pairs = list(zip(names[:-1], names[1:]))
+        else:
+            ref_name = _name(reference)
+            pairs = [(ref_name, n) for n in names if n != ref_name]
+        spec.questions.append(Question(str(entry.get("name") or f"Does {factor} matter?"), factor, pairs))
+    if controls.get("background_only"):
+        background = [c.name for c in spec.configurations if c.control][0]
+        spec.questions.append(Question("Background-only control: does the background alone predict the label?",
+                                       "control", [(background, ref.name)]))
+    return spec

@@ -1,0 +1,120 @@
+"""Issue 7: the study protocol, the paired test, and a small real study end to end."""
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from bloodml.errors import BloodmlError
+from bloodml.study.protocol import repeated_group_kfold
+from bloodml.study.runner import run_study
+from bloodml.study.spec import load_study
+from bloodml.study.statistics import compare, corrected_resampled_t
+from conftest import REPO, TINY_BACKBONE
+
+
+def test_corrected_resampled_t_test_by_hand():
+    d = np.array([0.1, 0.2, 0.0, 0.1, 0.15])
+    # mean 0.11; sample variance 0.022 / 4 = 0.0055; se = sqrt((1/5 + 0.25) * 0.0055) = 0.0497494
+    mean, low, high, t, p = corrected_resampled_t(d, test_train_ratio=0.25)
+    assert mean == pytest.approx(0.11)
+    assert t == pytest.approx(0.11 / 0.0497494, rel=1e-5)  # 2.2111
+    half = 2.776445 * 0.0497494  # t(0.975, df=4) x se
+    assert (low, high) == pytest.approx((0.11 - half, 0.11 + half), rel=1e-5)
+    assert p == pytest.approx(0.0915, abs=5e-4)
+    naive = corrected_resampled_t(d, test_train_ratio=0.0)  # the uncorrected test is narrower
+    assert naive[2] - naive[1] < high - low
+    comparison = compare("q", "A", "B", "macro_f1", np.zeros(5), d, 0.25)
+    assert "no detectable difference" in comparison.verdict()
+    clear = compare("q", "A", "B", "macro_f1", np.zeros(5), d + 0.3, 0.25)
+    assert clear.verdict().startswith("B beats A")
+
+
+def _table(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.array(["a"] * 30 + ["b"] * 20 + ["c"] * 10)
+    groups = [f"g{i}" for i in range(n)]
+    groups[1] = groups[0]  # a pair of copies
+    return pd.DataFrame({"label": labels, "group": groups})
+
+
+def test_repeated_group_kfold_properties():
+    table = _table()
+    folds = repeated_group_kfold(table, folds=5, repeats=3, val_fraction=0.15, seed=1)
+    assert len(folds) == 15
+    assert [f.split for f in folds] == [f.split for f in repeated_group_kfold(table, 5, 3, 0.15, 1)]
+    for repeat in range(3):
+        tested = np.zeros(len(table), dtype=int)
+        for fold in [f for f in folds if f.repeat == repeat]:
+            split = np.array(fold.split)
+            tested += split == "test"
+            assert split[0] == split[1]  # copies together
+            for part in ("train", "val", "test"):
+                assert set(table.loc[split == part, "label"]) == {"a", "b", "c"}
+        assert (tested == 1).all()  # every image tested exactly once per repeat
+    with pytest.raises(BloodmlError, match="fewer than folds=20"):
+        repeated_group_kfold(table, folds=20, repeats=1, val_fraction=0.15, seed=0)
+
+
+STUDY = """name: tiny
+settings: {{data: {data}, backbone: {backbone}, pretrained: false, image_size: 32, epochs: 2, aug_views: 1,
+           min_class_count: 2, near_duplicate_distance: -1, gradcam_samples: 0, bootstrap: 100, experiment: tiny}}
+protocol: {{type: cv, folds: 3, repeats: 1}}
+factors:
+  masks: [none, cell]
+  technique:
+    plain: {{augment: false}}
+    augmented: {{augment: true}}
+controls: {{background_only: true}}
+"""
+
+
+def test_small_study_end_to_end(make_wbc, tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(data=make_wbc(per_class=9), backbone=TINY_BACKBONE))
+    spec = load_study(path)
+    assert [c.name for c in spec.configurations] == ["masks=none__technique=plain", "masks=cell__technique=plain",
+                                                     "masks=none__technique=augmented",
+                                                     "masks=background__technique=plain"]
+    result = run_study(spec, tmp_path / "report")
+    assert result.leaks == 0 and len(result.comparisons) == 3
+    report = result.report.read_text()
+    for part in ("## Verdicts", "## Results", "## Background-only control", "## Leakage audit", "question_0.png"):
+        assert part in report
+
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    configs = [r for r in runs if r.data.tags.get("bloodml.task") == "study-configuration"]
+    folds = [r for r in runs if r.data.tags.get("bloodml.task") == "study-fold"]
+    assert len(configs) == 4 and len(folds) == 12
+    assert all(r.data.tags["mlflow.parentRunId"] == result.parent_run_id for r in configs)
+    assert {c.data.params["factor.masks"] for c in configs} == {"none", "cell", "background"}
+    assert all("test_macro_f1_mean" in c.data.metrics and "test_macro_f1_ci_low" in c.data.metrics for c in configs)
+    manifests = {}
+    for run in folds:  # every configuration saw identical folds
+        table = pd.read_csv(client.download_artifacts(run.info.run_id, "split_manifest.csv", str(tmp_path / run.info.run_id)))
+        manifests.setdefault(run.data.tags["fold"], set()).add(tuple(table.sort_values("path")["split"]))
+    assert len(manifests) == 3 and all(len(v) == 1 for v in manifests.values())
+
+
+def test_online_study_stops_at_once_without_weights(monkeypatch, tmp_path):
+    import urllib.error
+
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    spec = load_study(REPO / "experiments/wbc_study.yaml", {"data": str(tmp_path)})
+    with pytest.raises(BloodmlError, match="pretrained=false"):
+        run_study(spec, tmp_path / "out")
+
+
+def test_bad_study_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("factors: {masks: [none, cell]}\nprotocol: {type: bootstrap}\n")
+    with pytest.raises(BloodmlError, match="protocol type 'bootstrap' is unknown"):
+        load_study(bad)
+    bad.write_text("factors: {colour: [red]}\n")
+    with pytest.raises(BloodmlError, match="not a run parameter"):
+        load_study(bad)
