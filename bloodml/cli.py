@@ -37,10 +37,27 @@ def cli():
 
 @cli.command()
 @run_options
-def train(config_path, **values):
+@click.option("--resume", "resume_run_id", default=None, metavar="RUN_ID",
+              help="continue an interrupted run from its last complete epoch (its logged parameters are used)")
+def train(config_path, resume_run_id, **values):
     """Train one configured run and log it to MLflow."""
     from .train import run_training
 
+    if resume_run_id:
+        from .tracking.store import configure_tracking
+
+        configure_tracking()
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            logged = mlflow.MlflowClient().get_run(resume_run_id).data.params
+        except MlflowException:
+            raise BloodmlError(f"run {resume_run_id} not found in {mlflow.get_tracking_uri()}; check the ID and "
+                               f"MLFLOW_TRACKING_URI.")
+        config = build_config(None, {k: v for k, v in logged.items() if k in PARAMETERS})
+        run_training(config, resume_run_id=resume_run_id)
+        return
     run_training(_config(config_path, values))
 
 

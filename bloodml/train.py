@@ -24,11 +24,12 @@ from .models.head import Head
 from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
 from .tracking.model import log_model
-from .tracking.runs import log_params, log_table, training_run
+from .tracking.runs import log_params, log_table, logged_steps, resumed_run, training_run
 from .tracking.store import configure_tracking, ui_hint
 from .cache.keys import image_keys, model_key
 from .cache.store import FeatureStore
 from .training.features import augmented_view, network_input, view_features
+from .training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .training.loop import EpochRecord, FinetuneTrainer, HeadTrainer, NaiveHeadTrainer, TrainSettings, fit
 
 
@@ -126,9 +127,11 @@ def epoch_logger(total: int, hook=None):
 
 def run_training(config: RunConfig, data: PreparedData | None = None, parent_run_id: str | None = None,
                  tags: dict | None = None, epoch_hook=None, log_trained_model: bool = True,
-                 plots: bool = True) -> TrainResult:
+                 plots: bool = True, resume_run_id: str | None = None) -> TrainResult:
     """Train, evaluate and log one run. ``epoch_hook(record)`` may raise :class:`StopRun`: the run then ends as
-    KILLED with the tag ``bloodml.state`` and the exception propagates."""
+    KILLED with the tag ``bloodml.state`` and the exception propagates. Every epoch leaves an atomic checkpoint;
+    ``resume_run_id`` continues an interrupted run from its last complete epoch, into the same MLflow run."""
+    resume_state = load_checkpoint(checkpoint_path(resume_run_id)) if resume_run_id else None
     progress = show_progress()
     threads = configure(config.threads, config.seed)
     uri = configure_tracking()
@@ -150,15 +153,26 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
         + "; ".join(f"{s} {int(counts[s].sum())}" for s in ("train", "val", "test")))
 
     run_name = config.run_name or f"{config.backbone}-{config.masks}"
-    with training_run(config.experiment, run_name, parent_run_id, tags) as run:
+    context = resumed_run(resume_run_id) if resume_run_id else training_run(config.experiment, run_name,
+                                                                            parent_run_id, tags)
+    with context as run:
         log_params(config.to_params())
         mlflow.set_tags({"masks_used": str(config.masks != "none").lower(), "bloodml.task": "train",
                          "data_format": data.format, "classes": ",".join(data.classes), "threads": str(threads)})
         log_table(manifest(data.table, str(data.root)), "split_manifest.csv")
         trainer = build_trainer(config, backbone, preprocess, head, sets["train"], sets["val"], data.classes,
                                 progress)
+        saved = checkpoint_path(run.info.run_id)
+        logger = epoch_logger(config.epochs, epoch_hook)
+        if resume_state:  # epochs checkpointed but not yet in MLflow when the process died
+            done = logged_steps(run.info.run_id, "val_loss")
+            for record in resume_state["history"]:
+                if record["epoch"] not in done:
+                    logger(EpochRecord(**record))
+            say(f"resuming run {run.info.run_id} after epoch {resume_state['epoch']}")
         try:
-            result = fit(trainer, settings_from(config), epoch_logger(config.epochs, epoch_hook))
+            result = fit(trainer, settings_from(config), logger, lambda state: save_checkpoint(saved, state),
+                         resume_state)
         except StopRun as stop:
             mlflow.set_tags({"bloodml.state": stop.state, "bloodml.stop_reason": str(stop)})
             mlflow.end_run("KILLED")
@@ -179,6 +193,7 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
         if log_trained_model:
                 log_model(model, example, {"backbone": config.backbone, "mask_codes": config.mask_codes,
                                        "bloodml_version": __import__("bloodml").__version__})
+        saved.unlink(missing_ok=True)  # finished: nothing left to resume
         say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
             f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")

@@ -150,8 +150,9 @@ def read_wbc(folder: Path, options: ReaderOptions) -> pd.DataFrame:
                                f"{number:03d}{options.image_suffix} in {folder}); add it or remove the row.")
         if row[label_col] == "":
             raise BloodmlError(f"{where}: empty label; fill it in or remove the row.")
-        rows.append({"path": by_number[number], "label": row[label_col],
-                     "mask_path": masks.get(number), "group": None, "source": where})
+        image = _inside(folder, by_number[number].name, where)
+        mask = _inside(folder, masks[number].name, where) if number in masks else None
+        rows.append({"path": image, "label": row[label_col], "mask_path": mask, "group": None, "source": where})
     return _finish(rows, csv_path)
 
 

@@ -16,7 +16,8 @@ from .spec import METRICS  # noqa: E402
 from .statistics import mean_ci  # noqa: E402
 
 
-def _short(name: str, factor: str) -> str:
+def short_name(name: str, factor: str) -> str:
+    """A configuration's level of the factor in question (e.g. 'cell'), for plots and verdicts."""
     parts = dict(p.split("=", 1) for p in name.split("__") if "=" in p)
     return parts.get(factor, name) if factor != "control" else ("background only" if "background" in name else "reference")
 
@@ -31,7 +32,7 @@ def _plot_question(question, scores, metric, path: Path) -> Path:
         mean, _, low, high = mean_ci(values)
         ax.errorbar(x + 0.25, mean, yerr=[[mean - low], [high - mean]] if np.isfinite(low) else None, fmt="o",
                     color="black", capsize=4)
-    ax.set_xticks(range(len(names)), [_short(n, question.factor) for n in names], rotation=15)
+    ax.set_xticks(range(len(names)), [short_name(n, question.factor) for n in names], rotation=15)
     ax.set_ylabel(f"test {metric} per fold")
     ax.set_title(question.name, fontsize=10)
     ax.grid(alpha=0.3, axis="y")

@@ -20,7 +20,7 @@ from ..runtime import configure, say, show_progress
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import run_training
 from .protocol import Fold, repeated_group_kfold
-from .report import write_report
+from .report import short_name, write_report
 from .spec import METRICS, StudySpec
 from .statistics import compare, mean_ci
 
@@ -119,7 +119,8 @@ def run_study(spec: StudySpec, out: Path) -> StudyResult:
 
     ratio = float(np.mean(ratios))
     comparisons = [compare(q.name, a, b, spec.metric, np.array(scores[a][spec.metric]),
-                           np.array(scores[b][spec.metric]), ratio if spec.protocol == "cv" else 0.0)
+                           np.array(scores[b][spec.metric]), ratio if spec.protocol == "cv" else 0.0,
+                           short_name(a, q.factor), short_name(b, q.factor))
                    for q in spec.questions for a, b in q.pairs]
     result = StudyResult(spec, scores, comparisons, leaks, None, parent, time.perf_counter() - started)
     result.report = write_report(result, table, notes, out)

@@ -22,14 +22,17 @@ class Comparison:
     p_value: float
     wilcoxon_p: float
     n_folds: int
+    label_a: str = ""  # short names for the verdict (the factor's levels)
+    label_b: str = ""
 
     def verdict(self) -> str:
+        a, b = self.label_a or self.a, self.label_b or self.b
         if not np.isfinite(self.ci_low):
-            return f"{self.b} vs {self.a}: not enough folds to compare"
+            return f"{b} vs {a}: not enough folds to compare"
         if self.ci_low <= 0 <= self.ci_high:
-            return (f"no detectable difference between {self.b} and {self.a} in {self.metric} "
+            return (f"no detectable difference between {b} and {a} in {self.metric} "
                     f"(difference {self.mean_difference:+.3f}, 95% CI {self.ci_low:+.3f} to {self.ci_high:+.3f})")
-        better, worse = (self.b, self.a) if self.mean_difference > 0 else (self.a, self.b)
+        better, worse = (b, a) if self.mean_difference > 0 else (a, b)
         return (f"{better} beats {worse} in {self.metric} by {abs(self.mean_difference):.3f} "
                 f"(95% CI {self.ci_low:+.3f} to {self.ci_high:+.3f}, corrected t-test p={self.p_value:.3g})")
 
@@ -54,7 +57,7 @@ def corrected_resampled_t(differences: np.ndarray, test_train_ratio: float, conf
 
 
 def compare(question: str, a: str, b: str, metric: str, scores_a: np.ndarray, scores_b: np.ndarray,
-            test_train_ratio: float) -> Comparison:
+            test_train_ratio: float, label_a: str = "", label_b: str = "") -> Comparison:
     """Paired comparison of two configurations' per-fold scores (same folds, same order)."""
     d = np.asarray(scores_b, dtype=float) - np.asarray(scores_a, dtype=float)
     mean, low, high, t, p = corrected_resampled_t(d, test_train_ratio)
@@ -62,7 +65,7 @@ def compare(question: str, a: str, b: str, metric: str, scores_a: np.ndarray, sc
         wilcoxon_p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) and len(d) >= 2 else 1.0
     except ValueError:
         wilcoxon_p = float("nan")
-    return Comparison(question, a, b, metric, mean, low, high, t, p, wilcoxon_p, len(d))
+    return Comparison(question, a, b, metric, mean, low, high, t, p, wilcoxon_p, len(d), label_a, label_b)
 
 
 def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float, float]:

@@ -31,6 +31,18 @@ def training_run(experiment: str, run_name: str, parent_run_id: str | None = Non
         yield run
 
 
+@contextmanager
+def resumed_run(run_id: str):
+    """Reopen an interrupted run (same run ID, same experiment) to continue logging into it."""
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
+def logged_steps(run_id: str, key: str) -> set[int]:
+    return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+
+
 def log_params(params: dict[str, str]) -> None:
     """Log every parameter not already on the run (`mlflow run` logs the -P values itself; params are immutable)."""
     run = mlflow.active_run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import mlflow
@@ -12,7 +13,26 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 def configure_tracking() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        _initialise_sqlite_once(uri)
     return uri
+
+
+def _initialise_sqlite_once(uri: str) -> None:
+    """Several processes opening a new SQLite store at once race to create its tables; a file lock makes the
+    first one create them while the others wait."""
+    path = uri[len("sqlite:///"):]
+    lock_path = f"{path}.lock" if path and path != ":memory:" else None
+    if not lock_path:
+        return
+    directory = os.path.dirname(os.path.abspath(lock_path))
+    os.makedirs(directory, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow.MlflowClient().search_experiments(max_results=1)  # creates/migrates the schema
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ui_hint(uri: str) -> str:

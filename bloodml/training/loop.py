@@ -99,6 +99,17 @@ class _Trainer:
         optimiser.step()
         return float(loss.detach())
 
+    def checkpoint_state(self) -> dict:
+        """Everything needed to continue exactly: weights, optimiser, and every random number generator."""
+        return {"model": self.state(), "optimiser": self.optimiser.state_dict(),
+                "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.load_state(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
     @staticmethod
     def summarise(losses: list[float], sizes: list[int], correct: int) -> tuple[float, float]:
         n = sum(sizes)
@@ -257,17 +268,35 @@ class FinetuneTrainer(_Trainer):
         self.backbone.load_state_dict(state["backbone"])
 
 
-def fit(trainer, settings: TrainSettings, on_epoch: Callable[[EpochRecord], None] | None = None) -> FitResult:
-    """Run epochs until ``settings.epochs`` or early stopping; restore the best epoch's weights at the end."""
+def fit(trainer, settings: TrainSettings, on_epoch: Callable[[EpochRecord], None] | None = None,
+        checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> FitResult:
+    """Run epochs until ``settings.epochs`` or early stopping; restore the best epoch's weights at the end.
+
+    ``checkpoint(state)`` receives the complete state after every epoch (before ``on_epoch`` logs it);
+    ``resume`` is such a state: training continues after its epoch exactly as if it had never stopped."""
     stopper = EarlyStopping(settings.patience, settings.min_delta)
     history: list[EpochRecord] = []
-    for epoch in range(1, settings.epochs + 1):
+    first = 1
+    if resume:
+        trainer.load_checkpoint_state(resume["trainer"])
+        for key, value in resume["stopper"].items():
+            setattr(stopper, key, value)
+        history = [EpochRecord(**record) for record in resume["history"]]
+        first = resume["epoch"] + 1
+        if resume.get("stopped"):
+            first = settings.epochs + 1
+    for epoch in range(first, settings.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = trainer.train_epoch(epoch)
         scores = trainer.validate()
         record = EpochRecord(epoch, train_loss, train_acc, seconds=time.perf_counter() - start, **scores)
         history.append(record)
         stop = stopper.step(epoch, record.val_loss, trainer.state())
+        if checkpoint:
+            checkpoint({"epoch": epoch, "stopped": stop, "trainer": trainer.checkpoint_state(),
+                        "stopper": {"best_loss": stopper.best_loss, "best_epoch": stopper.best_epoch,
+                                    "best_state": stopper.best_state, "bad_epochs": stopper.bad_epochs},
+                        "history": [record.__dict__ for record in history]})
         if on_epoch:
             on_epoch(record)
         if stop:

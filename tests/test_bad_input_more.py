@@ -1,0 +1,191 @@
+"""More bad (and awkward but legitimate) inputs through the CLI. Errors: one line naming the item and the fix,
+exit code 2, no traceback. Legitimate oddities (16-bit, palette, CMYK, BOM, CRLF, whitespace) just work."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clihelp import run_cli
+from conftest import TINY_BACKBONE, cell_image
+
+FAST = ["--backbone", TINY_BACKBONE, "--pretrained", "false", "--image_size", "32", "--epochs", "1",
+        "--min_class_count", "2", "--near_duplicate_distance", "-1", "--gradcam_samples", "0", "--bootstrap", "100"]
+
+
+def _fails(capsys, *args):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in out + err
+    return err
+
+
+def _works(capsys, *args):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, (out, err)
+    return out
+
+
+def _manifest(tmp_path, rows, header="image,label", name="m.csv", encoding="utf-8", text=None):
+    root = tmp_path / "ds"
+    root.mkdir(exist_ok=True)
+    for i in range(12):
+        Image.fromarray(cell_image("alpha" if i % 2 else "beta", i)[0]).save(root / f"c{i}.png")
+    body = text if text is not None else "\n".join([header] + rows) + "\n"
+    (root / name).write_bytes(body.encode(encoding) if isinstance(body, str) else body)
+    return root / name
+
+
+def _default_rows():
+    return [f"c{i}.png,{'a' if i % 2 else 'b'}" for i in range(12)]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "P", "CMYK", "LA"])
+def test_unusual_image_modes_are_read(make_wbc, capsys, mode):
+    root = make_wbc(per_class=6)
+    image = Image.open(root / "001.bmp")
+    if mode == "I;16":
+        grey = np.asarray(image.convert("L")).astype(np.uint16) * 257
+        Image.fromarray(grey).save(root / "001.png.tmp.png")
+        os.replace(root / "001.png.tmp.png", root / "001.bmp.png")
+        (root / "001.bmp").unlink()
+        Image.open(root / "001.bmp.png").save(root / "001.tif")
+        (root / "001.bmp.png").unlink()
+        os.replace(root / "001.tif", root / "001.bmp")  # 16-bit TIFF under the expected name
+    elif mode == "CMYK":
+        image.convert("CMYK").save(root / "001.jpg")
+        os.replace(root / "001.jpg", root / "001.bmp")
+    else:
+        image.convert(mode).save(root / "001.png2.png")
+        os.replace(root / "001.png2.png", root / "001.bmp")
+    assert "12 images" in _works(capsys, "data", "inspect", "--data", root, "--min_class_count", "2")
+    _works(capsys, "train", "--data", root, *FAST)
+
+
+def test_decompression_bomb_guard(make_wbc, capsys):
+    root = make_wbc(per_class=6)
+    Image.new("L", (8000, 7000)).save(root / "003.bmp.png")
+    os.replace(root / "003.bmp.png", root / "003.bmp")
+    assert "003.bmp: 8000x7000 pixels is too large" in _fails(capsys, "train", "--data", root, *FAST)
+
+
+def test_mask_with_unknown_codes(make_wbc, capsys):
+    root = make_wbc(per_class=6)
+    mask = np.asarray(Image.open(root / "002.png")).copy()
+    mask[:5, :5] = 77
+    mask[5:10, 5:10] = 200
+    Image.fromarray(mask).save(root / "002.png")
+    assert "002.png: mask codes" in _fails(capsys, "train", "--data", root, "--masks", "cell", *FAST)
+
+
+def test_corrupt_mask(make_wbc, capsys):
+    root = make_wbc(per_class=6)
+    (root / "004.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    err = _fails(capsys, "train", "--data", root, "--masks", "cell", *FAST)
+    assert "004.png: " in err and ("not a readable image" in err or "corrupt" in err)
+
+
+def test_duplicated_ids(make_wbc, capsys):
+    root = make_wbc(per_class=6)
+    csv = root / "labels.csv"
+    csv.write_bytes(csv.read_bytes() + b"3,1\r\n")
+    assert "image ID 3 is listed twice" in _fails(capsys, "train", "--data", root, *FAST)
+
+
+def test_bom_crlf_and_whitespace_are_fine(tmp_path, capsys):
+    rows = [f"  c{i}.png ,  {'a' if i % 2 else 'b'}  " for i in range(12)]
+    text = "\ufeffimage , label\r\n" + "\r\n".join(rows) + "\r\n"
+    path = _manifest(tmp_path, [], text=text)
+    assert "12 images" in _works(capsys, "data", "inspect", "--data", path, "--min_class_count", "2")
+
+
+def test_non_utf8_csv(tmp_path, capsys):
+    path = _manifest(tmp_path, [], text="image,label\nc1.png,lymphocyte \xe9\n".encode("latin-1"))
+    assert "not UTF-8 text" in _fails(capsys, "data", "inspect", "--data", path)
+
+
+def test_manifest_without_the_label_column(tmp_path, capsys):
+    path = _manifest(tmp_path, _default_rows(), header="image,diagnosis")
+    assert "no column 'label'" in _fails(capsys, "data", "inspect", "--data", path)
+    assert "label_column=" in _fails(capsys, "data", "inspect", "--data", path)
+
+
+def test_empty_label_cell(tmp_path, capsys):
+    path = _manifest(tmp_path, _default_rows() + ["c1.png,"])
+    assert "m.csv:14: empty label" in _fails(capsys, "data", "inspect", "--data", path)
+
+
+def test_path_escaping_with_dotdot(tmp_path, capsys):
+    path = _manifest(tmp_path, _default_rows() + ["../../etc/passwd,a"])
+    assert "points outside the data folder" in _fails(capsys, "data", "inspect", "--data", path)
+
+
+def test_symlink_out_of_the_data_folder(make_folders, tmp_path, capsys):
+    root = make_folders(per_class=4)
+    outside = tmp_path / "secret.png"
+    Image.fromarray(cell_image("alpha", 99)[0]).save(outside)
+    (root / "alpha" / "link.png").symlink_to(outside)
+    assert "points outside the data folder" in _fails(capsys, "data", "inspect", "--data", root)
+
+
+def test_symlink_out_of_a_wbc_folder(make_wbc, tmp_path, capsys):
+    root = make_wbc(per_class=4)
+    outside = tmp_path / "elsewhere.bmp"
+    os.replace(root / "002.bmp", outside)
+    (root / "002.bmp").symlink_to(outside)
+    assert "points outside the data folder" in _fails(capsys, "data", "inspect", "--data", root)
+
+
+def test_zip_slip_through_the_cli(tmp_path, capsys):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("ok/a/x.png", b"")
+        handle.writestr("../escape.png", b"")
+    assert "zip-slip" in _fails(capsys, "data", "inspect", "--data", archive)
+
+
+def test_not_a_zip(tmp_path, capsys):
+    (tmp_path / "data.zip").write_text("plain text")
+    assert "not a valid zip file" in _fails(capsys, "data", "inspect", "--data", tmp_path / "data.zip")
+
+
+def test_empty_class_folder_is_ignored(make_folders, capsys):
+    root = make_folders(per_class=4)
+    (root / "delta").mkdir()
+    out = _works(capsys, "data", "inspect", "--data", root, "--min_class_count", "2")
+    assert "class delta" not in out and "class alpha" in out
+
+
+def test_malformed_mask_codes(make_wbc, capsys):
+    root = make_wbc(per_class=6)
+    assert "mask_codes entry" in _fails(capsys, "train", "--data", root, "--masks", "cell", "--mask_codes",
+                                        "0:background", *FAST)
+
+
+def test_positive_class_that_does_not_exist(make_wbc, capsys):
+    root = make_wbc(per_class=6)
+    assert "positive_classes 'tumour' not found" in _fails(capsys, "data", "inspect", "--data", root,
+                                                           "--positive_classes", "tumour")
+
+
+def test_yaml_config_problems_through_the_cli(make_wbc, tmp_path, capsys):
+    root = make_wbc(per_class=6)
+    (tmp_path / "bad.yaml").write_text("epochs: [1,\n")
+    assert "is not valid YAML" in _fails(capsys, "train", "--config", tmp_path / "bad.yaml", "--data", root)
+    (tmp_path / "typo.yaml").write_text("epoch: 3\n")
+    assert "did you mean 'epochs'" in _fails(capsys, "train", "--config", tmp_path / "typo.yaml", "--data", root)
+    (tmp_path / "list.yaml").write_text("- epochs\n")
+    assert "must be a mapping" in _fails(capsys, "train", "--config", tmp_path / "list.yaml", "--data", root)
+
+
+def test_wrong_format_for_the_folder(make_folders, capsys):
+    root = make_folders(per_class=4)
+    assert "exactly one labels CSV" in _fails(capsys, "data", "inspect", "--data", root, "--format", "wbc")
+
+
+def test_fractions_that_leave_nothing_to_train(make_wbc, capsys):
+    root = make_wbc(per_class=6)
+    assert "too little to train on" in _fails(capsys, "train", "--data", root, "--val_fraction", "0.5",
+                                              "--test_fraction", "0.47", *FAST)
