@@ -88,7 +88,8 @@ def tune(config_path, n_trials, timeout, study_name, storage, objective, space, 
 @click.option("--config", "study_file", required=True, help="study file, e.g. experiments/wbc_study_offline.yaml")
 @click.option("--out", default="", help="folder for the report (default study-<name>)")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="override a run parameter for every run")
-def study(study_file, out, sets):
+@click.option("--resume", is_flag=True, help="continue the study's latest run: configurations that finished are reused")
+def study(study_file, out, sets, resume):
     """Answer a study's questions: every configuration on the same folds, paired tests, a report."""
     from .study.runner import run_study
     from .study.spec import load_study
@@ -100,7 +101,7 @@ def study(study_file, out, sets):
         key, value = item.split("=", 1)
         overrides[key.strip()] = value.strip()
     spec = load_study(study_file, overrides)
-    run_study(spec, Path(out or f"study-{spec.name}"))
+    run_study(spec, Path(out or f"study-{spec.name}"), resume=resume)
 
 
 @cli.command("evaluate")
@@ -198,6 +199,10 @@ def data_inspect(config_path, **values):
 
 
 def main(argv=None):
+    from .runtime import show_progress
+
+    if not show_progress():  # logs and CI: plain lines, no download bars
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         cli.main(args=argv, prog_name="bloodml", standalone_mode=False)
     except BloodmlError as error:

@@ -91,6 +91,8 @@ class RunConfig:
     lr: float = _p(1e-3, "learning rate (Adam) of the head", low=1e-7, high=1.0, group="training")
     patience: int = _p(5, "early stopping: epochs without val_loss improvement (0: off)", low=0, high=10000,
                        group="training")
+    restore_best: bool = _p(True, "evaluate and log the best validation epoch's weights (false: the last epoch's)",
+                            group="training")
     min_delta: float = _p(0.0, "early stopping: smallest val_loss decrease that counts", low=0.0, high=10.0,
                           group="training")
     l1: float = _p(0.0, "L1 penalty on trained weights", low=0.0, high=10.0, group="training")

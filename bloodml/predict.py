@@ -6,6 +6,7 @@ class names, so the user re-types nothing.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -18,18 +19,42 @@ from .data.dataset import load_sample
 from .data.images import is_image_file
 from .data.masks import parse_mask_codes
 from .errors import BloodmlError
+from .tracking.model import HASH_TAG, directory_sha256
 from .tracking.registry import model_uri
 from .training.features import network_input
 
 
+def _source_run(uri: str) -> str | None:
+    client = mlflow.MlflowClient()
+    if uri.startswith("runs:/"):
+        return uri.split("/")[1]
+    if uri.startswith("models:/"):
+        name = uri[len("models:/"):]
+        if "@" in name:
+            model_name, alias = name.split("@", 1)
+            return client.get_model_version_by_alias(model_name, alias).run_id
+        model_name, _, version = name.partition("/")
+        return client.get_model_version(model_name, version).run_id if version.isdigit() else None
+    return None
+
+
 def load_model(reference: str):
+    """Download a bloodml model, check its files against the hash recorded at training time, then load it."""
     uri = model_uri(reference)
+    hint = (f"pass models:/<name>@<alias>, runs:/<run_id>/model or a run ID, with MLFLOW_TRACKING_URI set to "
+            f"its store.")
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        run_id = _source_run(uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+            expected = mlflow.MlflowClient().get_run(run_id).data.tags.get(HASH_TAG) if run_id else None
+            if expected and directory_sha256(local) != expected:
+                raise BloodmlError(f"model '{reference}': its files differ from those recorded when it was trained "
+                                   f"(SHA-256 mismatch); refusing to load them. Re-log or re-register the model.")
+            model = mlflow.pyfunc.load_model(str(local))
     except (MlflowException, OSError) as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise BloodmlError(f"model '{reference}' could not be loaded ({first}); pass models:/<name>@<alias>, "
-                           f"runs:/<run_id>/model or a run ID, with MLFLOW_TRACKING_URI set to its store.")
+        raise BloodmlError(f"model '{reference}' could not be loaded ({first}); {hint}")
     meta = (model.metadata.metadata or {})
     if "class_names" not in meta:
         raise BloodmlError(f"model '{reference}' was not trained by bloodml (no class names in its metadata).")

@@ -23,6 +23,7 @@ from .models.classifier import BloodCellClassifier
 from .models.head import Head
 from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
+from .tracking.buffer import MetricBuffer
 from .tracking.model import log_model
 from .tracking.runs import log_params, log_table, logged_steps, resumed_run, training_run
 from .tracking.store import configure_tracking, ui_hint
@@ -56,7 +57,7 @@ def settings_from(config: RunConfig) -> TrainSettings:
     return TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, balance=config.balance,
                          balance_target=config.balance_target, l1=config.l1, l2=config.l2,
                          label_smoothing=config.label_smoothing, patience=config.patience,
-                         min_delta=config.min_delta, seed=config.seed)
+                         min_delta=config.min_delta, seed=config.seed, restore_best=config.restore_best)
 
 
 def positive_index(config: RunConfig, classes: list[str]) -> int | None:
@@ -112,12 +113,16 @@ class StopRun(Exception):
         self.state = state
 
 
-def epoch_logger(total: int, hook=None):
+def epoch_logger(total: int, hook=None, buffer: MetricBuffer | None = None):
+    """Per epoch: metrics to MLflow (through the outage buffer when given), one plain line, then the hook."""
     def log(record: EpochRecord) -> None:
-        mlflow.log_metrics({"train_loss": record.train_loss, "train_accuracy": record.train_accuracy,
-                            "val_loss": record.val_loss, "val_accuracy": record.val_accuracy,
-                            "val_macro_f1": record.val_macro_f1, "val_balanced_accuracy": record.val_balanced_accuracy},
-                           step=record.epoch)
+        values = {"train_loss": record.train_loss, "train_accuracy": record.train_accuracy,
+                  "val_loss": record.val_loss, "val_accuracy": record.val_accuracy,
+                  "val_macro_f1": record.val_macro_f1, "val_balanced_accuracy": record.val_balanced_accuracy}
+        if buffer is not None:
+            buffer.log(values, record.epoch)
+        else:
+            mlflow.log_metrics(values, step=record.epoch)
         say(f"epoch {record.epoch}/{total}  train_loss={record.train_loss:.4f} train_acc={record.train_accuracy:.3f}  "
             f"val_loss={record.val_loss:.4f} val_acc={record.val_accuracy:.3f}  ({record.seconds:.1f}s)")
         if hook is not None:
@@ -158,12 +163,14 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     with context as run:
         log_params(config.to_params())
         mlflow.set_tags({"masks_used": str(config.masks != "none").lower(), "bloodml.task": "train",
-                         "data_format": data.format, "classes": ",".join(data.classes), "threads": str(threads)})
+                         "data_format": data.format, "classes": ",".join(data.classes), "threads": str(threads),
+                         **(tags or {})})  # the caller's task tag (tune trial, study fold) wins
         log_table(manifest(data.table, str(data.root)), "split_manifest.csv")
         trainer = build_trainer(config, backbone, preprocess, head, sets["train"], sets["val"], data.classes,
                                 progress)
         saved = checkpoint_path(run.info.run_id)
-        logger = epoch_logger(config.epochs, epoch_hook)
+        buffer = MetricBuffer(run.info.run_id)
+        logger = epoch_logger(config.epochs, epoch_hook, buffer)
         if resume_state:  # epochs checkpointed but not yet in MLflow when the process died
             done = logged_steps(run.info.run_id, "val_loss")
             for record in resume_state["history"]:
@@ -177,6 +184,7 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
             mlflow.set_tags({"bloodml.state": stop.state, "bloodml.stop_reason": str(stop)})
             mlflow.end_run("KILLED")
             raise
+        buffer.flush()  # every epoch's metrics are in MLflow before the run goes on (or a resume command is given)
         model = BloodCellClassifier(preprocess, backbone, head, data.classes, config.image_size, config.masks).eval()
         metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
         if hasattr(trainer, "feature_seconds"):

@@ -62,3 +62,19 @@ def test_predict_needs_masks_for_a_masked_model(make_folders, tmp_path, capsys):
     assert code == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 8, err
     code, _, err = run_cli(capsys, "predict", "-m", "models:/nothing@champion", root / "alpha")
     assert code == 2 and "could not be loaded" in err
+
+
+def test_tampered_model_files_are_refused(make_wbc, tmp_path, capsys):
+    from pathlib import Path
+
+    result = run_training(build_config(None, tiny_overrides(make_wbc(per_class=8), epochs=1, gradcam_samples=0)))
+    images = tmp_path / "wbc_synth"
+    code, out, err = run_cli(capsys, "predict", "-m", result.run_id, images, "-o", tmp_path / "p.csv")
+    assert code == 0, err  # the untouched model loads and predicts
+    stored = [p for p in Path.cwd().rglob("model.pt2")]
+    assert len(stored) == 1
+    raw = bytearray(stored[0].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    stored[0].write_bytes(bytes(raw))
+    code, out, err = run_cli(capsys, "predict", "-m", result.run_id, images, "-o", tmp_path / "p.csv")
+    assert code == 2 and "SHA-256 mismatch" in err

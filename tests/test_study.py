@@ -96,6 +96,17 @@ def test_small_study_end_to_end(make_wbc, tmp_path):
         manifests.setdefault(run.data.tags["fold"], set()).add(tuple(table.sort_values("path")["split"]))
     assert len(manifests) == 3 and all(len(v) == 1 for v in manifests.values())
 
+    # an interrupted study resumes: finished configurations are reused, the unfinished one runs again
+    unfinished = next(c for c in configs if c.info.run_name == "masks=cell__technique=plain")
+    client.set_terminated(unfinished.info.run_id, "FAILED")
+    again = run_study(spec, tmp_path / "report2", resume=True)
+    assert again.parent_run_id == result.parent_run_id
+    runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    assert len([r for r in runs if r.data.tags.get("bloodml.task") == "study-fold"]) == 12 + 3
+    for name, scores in result.scores.items():
+        if name != unfinished.info.run_name:
+            assert again.scores[name] == scores
+
 
 def test_online_study_stops_at_once_without_weights(monkeypatch, tmp_path):
     import urllib.error

@@ -179,3 +179,23 @@ def test_finetuning_trains_backbone_layers(make_wbc, finetune):
     assert changed
     if finetune == "last":
         assert not any(k.startswith("body.conv_stem") for k in changed)
+
+
+def test_without_restore_best_the_last_epoch_is_kept():
+    torch.manual_seed(0)
+    features = torch.randn(1, 40, 8)
+    labels = (features[0, :, 0] > 0).long()
+    val = torch.randn(10, 8)
+    val_labels = torch.randint(0, 2, (10,))
+    finals = {}
+    for restore in (True, False):
+        torch.manual_seed(1)
+        head = Head(8, 2)
+        settings = TrainSettings(epochs=6, batch_size=8, lr=0.5, seed=0, restore_best=restore)
+        trainer = HeadTrainer(head, features, labels, val, val_labels, 2, settings)
+        result = fit(trainer, settings)
+        finals[restore] = (result, {k: v.clone() for k, v in head.state_dict().items()})
+    best, last = finals[True], finals[False]
+    assert [r.val_loss for r in best[0].history] == [r.val_loss for r in last[0].history]  # same training
+    if best[0].best_epoch != 6:
+        assert not torch.equal(best[1]["linear.weight"], last[1]["linear.weight"])

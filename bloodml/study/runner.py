@@ -55,7 +55,34 @@ def _client_run(client, experiment_id: str, name: str, parent: str | None, tags:
     return run.info.run_id
 
 
-def run_study(spec: StudySpec, out: Path) -> StudyResult:
+def _previous(client, spec: StudySpec, folds: list[Fold]) -> tuple[str | None, dict[str, dict[str, list[float]]]]:
+    """The newest parent run of this study and the per-fold scores of its configurations that finished with the
+    same parameters and every fold (those are reused by ``--resume``)."""
+    parents = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                 filter_string=f"tags.`bloodml.task` = 'study' and params.study = '{spec.name}'",
+                                 order_by=["attributes.start_time DESC"])
+    if not parents:
+        return None, {}
+    parent = parents[0].info.run_id
+    done: dict[str, dict[str, list[float]]] = {}
+    expected = {c.name: c.config.to_params() for c in spec.configurations}
+    children = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    for run in children:
+        name = run.info.run_name
+        if run.info.status != "FINISHED" or name not in expected:
+            continue
+        if any(run.data.params.get(k) != v for k, v in expected[name].items() if k != "run_name"):
+            continue
+        fold_runs = {r.data.tags.get("fold"): r for r in mlflow.search_runs(
+            search_all_experiments=True, output_format="list",
+            filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'FINISHED'")}
+        if all(f.name in fold_runs for f in folds):
+            done[name] = {m: [fold_runs[f.name].data.metrics[f"test_{m}"] for f in folds] for m in METRICS}
+    return parent, done
+
+
+def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult:
     started = time.perf_counter()
     configure(spec.base.threads, spec.base.seed)
     uri = configure_tracking()
@@ -75,9 +102,15 @@ def run_study(spec: StudySpec, out: Path) -> StudyResult:
     mlflow.set_experiment(spec.base.experiment)
     client = mlflow.MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(spec.base.experiment).experiment_id
+    previous, reused = _previous(client, spec, folds) if resume else (None, {})
     study_params = {"study": spec.name, "protocol": spec.protocol, "folds": spec.folds, "repeats": spec.repeats,
                     "metric": spec.metric, "configurations": len(spec.configurations), "data": spec.base.data}
-    if os.environ.get("MLFLOW_RUN_ID"):  # launched by `mlflow run -e study`: that run is the study's parent
+    if previous:  # --resume: continue under the same parent, reusing the configurations that finished
+        parent = previous
+        client.update_run(parent, status="RUNNING")
+        say(f"resuming study {spec.name} (run {parent}): {len(reused)} of {len(spec.configurations)} "
+            f"configurations already complete")
+    elif os.environ.get("MLFLOW_RUN_ID"):  # launched by `mlflow run -e study`: that run is the study's parent
         parent = os.environ["MLFLOW_RUN_ID"]
         experiment_id = client.get_run(parent).info.experiment_id
         client.set_tag(parent, "bloodml.task", "study")
@@ -88,6 +121,9 @@ def run_study(spec: StudySpec, out: Path) -> StudyResult:
     scores: dict[str, dict[str, list[float]]] = {}
     ratios: list[float] = []
     for index, configuration in enumerate(spec.configurations, start=1):
+        if configuration.name in reused:
+            scores[configuration.name] = reused[configuration.name]
+            continue
         factor_params = {f"factor.{k}": v for k, v in configuration.factors.items()}
         config_run = _client_run(client, experiment_id, configuration.name, parent,
                                  {"bloodml.task": "study-configuration", "bloodml.study": spec.name,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import timm
@@ -28,7 +32,25 @@ def log_model(model: BloodCellClassifier, example: torch.Tensor, extra_metadata:
     signature = infer_signature(example_np, output)
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
                     f"timm=={timm.__version__}", f"numpy=={np.__version__}"]
-    return mlflow.pytorch.log_model(
+    info = mlflow.pytorch.log_model(
         model, name="model", signature=signature, input_example=example_np, pip_requirements=requirements,
         serialization_format="pt2", metadata=model_metadata(model, extra_metadata),
     )
+    with tempfile.TemporaryDirectory() as tmp:  # the hash of what the store holds, recorded in the tracking DB
+        local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)
+        mlflow.set_tag(HASH_TAG, directory_sha256(Path(local)))
+    return info
+
+
+HASH_TAG = "bloodml.model_sha256"
+
+
+def directory_sha256(folder: Path) -> str:
+    """SHA-256 over every file's relative path and bytes (sorted), so any changed, added or removed file shows."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

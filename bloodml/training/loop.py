@@ -39,6 +39,7 @@ class TrainSettings:
     patience: int = 0
     min_delta: float = 0.0
     seed: int = 0
+    restore_best: bool = True
 
 
 @dataclass(frozen=True)
@@ -301,5 +302,6 @@ def fit(trainer, settings: TrainSettings, on_epoch: Callable[[EpochRecord], None
             on_epoch(record)
         if stop:
             break
-    trainer.load_state(stopper.best_state)
+    if settings.restore_best:
+        trainer.load_state(stopper.best_state)
     return FitResult(history, stopper.best_epoch, history[-1].epoch, stopper.best_loss)

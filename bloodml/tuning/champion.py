@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from ..data.dataset import load_sample
 from ..data.masks import parse_mask_codes
 from ..evaluation.metrics import balanced_accuracy_from, confusion_counts, macro_f1_from
+from ..predict import load_model
 from ..training.features import network_input
 
 SCORES = {"val_macro_f1": macro_f1_from, "val_balanced_accuracy": balanced_accuracy_from,
@@ -29,8 +30,7 @@ def _val_hashes(run_id: str) -> set[str]:
 
 def score_model(model_uri: str, rows: pd.DataFrame, objective: str) -> float | None:
     """The objective of a logged model on given images (rows: path, label, mask_path)."""
-    model = mlflow.pyfunc.load_model(model_uri)
-    meta = model.metadata.metadata
+    model, meta = load_model(model_uri)
     classes, size, mode = meta["class_names"], int(meta["image_size"]), meta.get("mask_mode", "none")
     if set(rows["label"]) - set(classes):
         return None
