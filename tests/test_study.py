@@ -27,7 +27,9 @@ def test_corrected_resampled_t_test_by_hand():
     comparison = compare("q", "A", "B", "macro_f1", np.zeros(5), d, 0.25)
     assert "no detectable difference" in comparison.verdict()
     clear = compare("q", "A", "B", "macro_f1", np.zeros(5), d + 0.3, 0.25)
-    assert clear.verdict().startswith("B beats A")
+    assert clear.verdict().startswith("B beats A in macro_f1 by 0.410 (95% CI +0.272 to +0.548")
+    reverse = compare("q", "A", "B", "macro_f1", d + 0.3, np.zeros(5), 0.25)
+    assert reverse.verdict().startswith("A beats B in macro_f1 by 0.410 (95% CI +0.272 to +0.548")
 
 
 def _table(n=60, seed=0):

@@ -80,13 +80,15 @@ def reliability(bins: list[tuple], ece: float, path: Path) -> Path:
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE {ece:.3f}; numbers = images)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 
 def gallery(images: np.ndarray, captions: list[str], path: Path, title: str, columns: int = 6) -> Path:
     """Images (N,H,W,3) uint8 in a grid with a caption each."""
     n = max(len(images), 1)
+    columns = max(min(columns, n), 3)
     rows = int(np.ceil(n / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.2 + 0.4), squeeze=False)
     for ax in axes.flat:

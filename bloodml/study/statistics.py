@@ -32,9 +32,12 @@ class Comparison:
         if self.ci_low <= 0 <= self.ci_high:
             return (f"no detectable difference between {b} and {a} in {self.metric} "
                     f"(difference {self.mean_difference:+.3f}, 95% CI {self.ci_low:+.3f} to {self.ci_high:+.3f})")
-        better, worse = (b, a) if self.mean_difference > 0 else (a, b)
+        if self.mean_difference > 0:
+            better, worse, low, high = b, a, self.ci_low, self.ci_high
+        else:  # state the interval in the direction of the claim
+            better, worse, low, high = a, b, -self.ci_high, -self.ci_low
         return (f"{better} beats {worse} in {self.metric} by {abs(self.mean_difference):.3f} "
-                f"(95% CI {self.ci_low:+.3f} to {self.ci_high:+.3f}, corrected t-test p={self.p_value:.3g})")
+                f"(95% CI {low:+.3f} to {high:+.3f}, corrected t-test p={self.p_value:.3g})")
 
 
 def corrected_resampled_t(differences: np.ndarray, test_train_ratio: float, confidence: float = 0.95):
