@@ -43,12 +43,14 @@ def log_model(model: BloodCellClassifier, example: torch.Tensor, extra_metadata:
 
 
 HASH_TAG = "bloodml.model_sha256"
+# Written by MLflow into the model folder when a version is registered: bookkeeping, not model content.
+UNHASHED = {"registered_model_meta"}
 
 
 def directory_sha256(folder: Path) -> str:
     """SHA-256 over every file's relative path and bytes (sorted), so any changed, added or removed file shows."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in UNHASHED):
         digest.update(str(path.relative_to(folder)).encode())
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
