@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import torch
 
+from . import __version__
 from .config import RunConfig
 from .data.dataset import ImageSet, preload
 from .data.prepare import PreparedData, mask_codes, prepare
@@ -187,7 +188,7 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
         buffer.flush()  # every epoch's metrics are in MLflow before the run goes on (or a resume command is given)
         model = BloodCellClassifier(preprocess, backbone, head, data.classes, config.image_size, config.masks).eval()
         metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
-        if hasattr(trainer, "feature_seconds"):
+        if getattr(trainer, "feature_seconds", None) is not None:  # frozen backbone: the cached feature step
             metrics["feature_seconds"] = trainer.feature_seconds
         with tempfile.TemporaryDirectory() as tmp:
             settings = evaluation_settings(config, data.classes, plots)
@@ -199,8 +200,8 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
         mlflow.log_metrics(metrics)
         example = network_input(sets["test"].images[:2], sets["test"].regions[:2], config.masks)
         if log_trained_model:
-                log_model(model, example, {"backbone": config.backbone, "mask_codes": config.mask_codes,
-                                       "bloodml_version": __import__("bloodml").__version__})
+            log_model(model, example, {"backbone": config.backbone, "mask_codes": config.mask_codes,
+                                       "bloodml_version": __version__})
         saved.unlink(missing_ok=True)  # finished: nothing left to resume
         say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "

@@ -9,7 +9,7 @@ from conftest import tiny_overrides
 
 
 def test_evaluate_on_another_dataset_with_a_label_map(make_folders, make_wbc, capsys):
-    trained = run_training(build_config(None, tiny_overrides(make_folders(per_class=10), epochs=3,
+    trained = run_training(build_config(None, tiny_overrides(make_folders(per_class=14), epochs=8, lr=0.1,
                                                               gradcam_samples=0)))
     other = make_wbc(per_class=6, classes=("alpha", "beta"))  # codes 1, 2 -> neutrophil, lymphocyte
     code, out, err = run_cli(capsys, "evaluate", "-m", trained.run_id, "--data", other,

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodml.data.masks import BACKGROUND, CYTOPLASM, NUCLEUS, apply_mask_mode, decode_mask, load_regions, \
-    parse_mask_codes
+from bloodml.data.masks import BACKGROUND, CYTOPLASM, NUCLEUS, decode_mask, load_regions, parse_mask_codes
 from bloodml.errors import BloodmlError
 
 
@@ -42,11 +41,15 @@ def test_masks_resized_nearest_and_aspect_checked(tmp_path):
 
 
 def test_mask_modes():
-    image = np.full((1, 3, 3), 9, dtype=np.uint8)
-    regions = np.array([[0, 1, 2]], dtype=np.uint8)
-    assert apply_mask_mode(image, regions, "cell")[..., 0].tolist() == [[0, 9, 9]]
-    assert apply_mask_mode(image, regions, "nucleus")[..., 0].tolist() == [[0, 0, 9]]
-    assert apply_mask_mode(image, regions, "background")[..., 0].tolist() == [[9, 0, 0]]
-    assert apply_mask_mode(image, None, "none") is image
-    with pytest.raises(BloodmlError, match="needs a mask"):
-        apply_mask_mode(image, None, "cell")
+    import torch
+
+    from bloodml.data.transforms import apply_mask
+
+    image = torch.full((1, 3, 1, 3), 9, dtype=torch.uint8)
+    regions = torch.tensor([[[0, 1, 2]]], dtype=torch.uint8)
+    assert apply_mask(image, regions, "cell")[0, 0].tolist() == [[0, 9, 9]]
+    assert apply_mask(image, regions, "nucleus")[0, 0].tolist() == [[0, 0, 9]]
+    assert apply_mask(image, regions, "background")[0, 0].tolist() == [[9, 0, 0]]
+    assert apply_mask(image, regions, "none") is image
+    with pytest.raises(BloodmlError, match="masks='cells' is unknown"):
+        apply_mask(image, regions, "cells")

@@ -49,7 +49,7 @@ def test_study_nests_trials_registers_champion_and_resumes(make_wbc, tmp_path):
 
 def test_champion_only_replaced_by_a_better_model(make_wbc):
     root = make_wbc(per_class=20)
-    good = run_training(build_config(None, tiny_overrides(root, epochs=6, gradcam_samples=0, bootstrap=100)))
+    good = run_training(build_config(None, tiny_overrides(root, epochs=8, lr=0.1, gradcam_samples=0, bootstrap=100)))
     bad = run_training(build_config(None, tiny_overrides(root, epochs=1, lr=1e-7, gradcam_samples=0, bootstrap=100)))
     val = good.data.split("val")
     version, promoted, reason = promote("m", good.run_id, "val_macro_f1", good.metrics["val_final_macro_f1"], val)

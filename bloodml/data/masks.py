@@ -5,6 +5,7 @@ Pure functions on numpy arrays; the only file access goes through :mod:`bloodml.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,8 @@ CODE_TOLERANCE = 24
 def parse_mask_codes(text: str) -> dict:
     """Parse ``"0=background,128=cytoplasm,255=nucleus"`` or ``"255/255/255=background;0/255/255=nucleus"``."""
     table: dict = {}
-    for item in [part for chunk in text.split(";") for part in chunk.split(",")] if "/" not in text else text.split(";"):
+    items = text.split(";") if "/" in text else re.split(r"[;,]", text)  # RGB entries are separated by ';'
+    for item in items:
         item = item.strip()
         if not item:
             continue
@@ -126,19 +128,3 @@ def load_regions(mask_path: Path, image_hw: tuple[int, int], codes: dict | None 
             f"pair each image with its own mask or fix the mask file."
         )
     return resize_nearest(regions, image_hw)
-
-
-def apply_mask_mode(image: np.ndarray, regions: np.ndarray | None, mode: str, source: str = "image") -> np.ndarray:
-    """Zero every pixel outside the regions that ``mode`` keeps. ``none`` returns the image unchanged."""
-    if mode not in MASK_MODES:
-        raise BloodmlError(f"masks='{mode}' is unknown; use one of {', '.join(MASK_MODES)}.")
-    keep = MASK_MODES[mode]
-    if keep is None:
-        return image
-    if regions is None:
-        raise BloodmlError(f"{source}: masks={mode} needs a mask for every image and this one has none; "
-                           f"add its mask or run with masks=none.")
-    inside = np.isin(regions, keep)
-    if mode == "nucleus" and not inside.any():
-        raise BloodmlError(f"{source}: its mask has no nucleus region; use masks=cell or give nucleus codes.")
-    return image * inside[..., None].astype(image.dtype)

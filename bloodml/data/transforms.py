@@ -47,7 +47,7 @@ def augment(images: torch.Tensor, regions: torch.Tensor, transform: v2.Compose |
 
 
 def apply_mask(images: torch.Tensor, regions: torch.Tensor, mode: str) -> torch.Tensor:
-    """Zero the pixels outside the regions kept by ``mode`` (batch version of masks.apply_mask_mode)."""
+    """Zero the pixels outside the regions kept by ``mode`` (images (N,3,H,W), region maps (N,H,W))."""
     if mode not in MASK_MODES:
         raise BloodmlError(f"masks='{mode}' is unknown; use one of {', '.join(MASK_MODES)}.")
     keep = MASK_MODES[mode]
