@@ -140,7 +140,6 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     resume_state = load_checkpoint(checkpoint_path(resume_run_id)) if resume_run_id else None
     progress = show_progress()
     threads = configure(config.threads, config.seed)
-    uri = configure_tracking()
     started = time.perf_counter()
     backbone = create_backbone(config.backbone, config.pretrained, config.weights)  # fail fast on missing weights
     data = data or prepare(config, progress=progress)
@@ -158,6 +157,7 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     say(f"data: {len(data.table)} images, classes {', '.join(data.classes)}; "
         + "; ".join(f"{s} {int(counts[s].sum())}" for s in ("train", "val", "test")))
 
+    uri = configure_tracking()  # only once the inputs are known good: bad input leaves no store behind
     run_name = config.run_name or f"{config.backbone}-{config.masks}"
     context = resumed_run(resume_run_id) if resume_run_id else training_run(config.experiment, run_name,
                                                                             parent_run_id, tags)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 
 import mlflow
@@ -11,6 +12,8 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def configure_tracking() -> str:
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # schema set-up chatter, not the user's
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
