@@ -167,13 +167,15 @@ def register(run_id, name, alias):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--masks-dir", default=None, help="folder of masks named like the images (models trained with masks)")
 @click.option("-o", "--output", default="predictions.csv", show_default=True, help="CSV to write")
-def predict(reference, inputs, masks_dir, output):
+@click.option("--pattern", default="*", show_default=True,
+              help="file names to take from folders, e.g. '*.bmp' when masks sit beside the images")
+def predict(reference, inputs, masks_dir, output, pattern):
     """Classify images (files or folders) with a trained model; writes a CSV of labels and probabilities."""
     from .predict import predict_images
     from .tracking.store import configure_tracking
 
     configure_tracking()
-    table = predict_images(reference, list(inputs), masks_dir)
+    table = predict_images(reference, list(inputs), masks_dir, pattern=pattern)
     target = Path(output)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")

@@ -61,11 +61,12 @@ def load_model(reference: str):
     return model, meta
 
 
-def collect_images(inputs: list[str | Path]) -> list[Path]:
+def collect_images(inputs: list[str | Path], pattern: str = "*") -> list[Path]:
+    """Image files given directly, or found at any depth in given folders (names matching ``pattern``)."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            files += sorted(p for p in item.rglob(pattern) if p.is_file() and is_image_file(p))
         elif item.is_file():
             files.append(item)
         else:
@@ -83,12 +84,12 @@ def _mask_for(image: Path, masks_dir: Path | None) -> str | None:
 
 
 def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Path | None = None,
-                   batch: int = 32) -> pd.DataFrame:
+                   batch: int = 32, pattern: str = "*") -> pd.DataFrame:
     """One row per image: file, predicted_label, confidence and p_<class> for every class."""
     model, meta = load_model(reference)
     classes, size, mode = meta["class_names"], int(meta["image_size"]), meta.get("mask_mode", "none")
     codes = parse_mask_codes(meta["mask_codes"]) if meta.get("mask_codes") else None
-    files = collect_images(inputs)
+    files = collect_images(inputs, pattern)
     masks = Path(masks_dir) if masks_dir else None
     if masks is not None and not masks.is_dir():
         raise BloodmlError(f"--masks-dir {masks}: not a folder; pass the folder holding the masks.")

@@ -69,8 +69,10 @@ def test_tampered_model_files_are_refused(make_wbc, tmp_path, capsys):
 
     result = run_training(build_config(None, tiny_overrides(make_wbc(per_class=8), epochs=1, gradcam_samples=0)))
     images = tmp_path / "wbc_synth"
-    code, out, err = run_cli(capsys, "predict", "-m", result.run_id, images, "-o", tmp_path / "p.csv")
+    code, out, err = run_cli(capsys, "predict", "-m", result.run_id, images, "-o", tmp_path / "p.csv",
+                             "--pattern", "*.bmp")
     assert code == 0, err  # the untouched model loads and predicts
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 16  # the images, not the masks beside them
     stored = [p for p in Path.cwd().rglob("model.pt2")]
     assert len(stored) == 1
     raw = bytearray(stored[0].read_bytes())
