@@ -26,7 +26,7 @@ def _worker(data, study, n_trials, model_name, log):
            "CI": "true"}
     command = [sys.executable, "-m", "bloodml.cli", "tune", "--data", str(data), "--backbone", "test_efficientnet",
                "--pretrained", "false", "--image_size", "32", "--epochs", "3", "--min_class_count", "2",
-               "--near_duplicate_distance", "-1", "--gradcam_samples", "0", "--bootstrap", "100",
+               "--near_duplicate_distance", "-1", "--gradcam_samples", "0", "--bootstrap", "100", "--masks_dir", "masks",
                "--experiment", f"dist-{study}", "--n_trials", str(n_trials), "--study_name", study,
                "--storage", PG, "--model_name", model_name, "--pruner", "none"]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -5,6 +5,7 @@ Model Registry. Several workers (on several machines) share a study through its 
 from __future__ import annotations
 
 import os
+import random
 import re
 import tempfile
 import threading
@@ -72,12 +73,16 @@ def _storage(url: str) -> RDBStorage:
             mlflow.MlflowClient().set_terminated(run.info.run_id, "FAILED")
         RetryFailedTrialCallback(max_retry=1)(study, trial)
 
-    try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=mark_mlflow_failed)
-    except Exception as exc:
-        raise BloodmlError(f"Optuna storage '{url}' cannot be opened ({str(exc).splitlines()[0][:120]}); pass "
-                           f"storage=sqlite:///optuna.db or a reachable postgresql://user:pass@host/db.")
+    last: Exception | None = None
+    for attempt in range(6):  # workers opening a new database together race to create its tables: retry
+        try:
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=mark_mlflow_failed)
+        except Exception as exc:
+            last = exc
+            time.sleep(0.5 * (attempt + 1) + random.random())
+    raise BloodmlError(f"Optuna storage '{url}' cannot be opened ({str(last).splitlines()[0][:120]}); pass "
+                       f"storage=sqlite:///optuna.db or a reachable postgresql://user:pass@host/db.")
 
 
 def _pruner(name: str) -> optuna.pruners.BasePruner:
