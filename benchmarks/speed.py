@@ -139,7 +139,7 @@ def main() -> int:
         report["frozen_20_epoch_run"] = frozen_run(args.data, Path(tmp))
     run = report["frozen_20_epoch_run"]
     print("\nsummary (ratios measured in this process)")
-    print(f"  feature extraction time / plain inference time: "
+    print("  feature extraction time / plain inference time: "
           + ", ".join(f"{k} {v['time_ratio_bloodml_over_plain']:.2f}" for k, v in report["extraction"].items()))
     print(f"  20-epoch frozen resnet50 run, naive / cached: {run['speedup_cold_vs_naive']:.1f}x (cold cache), "
           f"{run['speedup_warm_vs_naive']:.1f}x (warm cache)")

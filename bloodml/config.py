@@ -5,7 +5,6 @@ Every field is a user-facing parameter (an ``MLproject`` ``-P`` value, a ``blood
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path

@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 
 from .config import RunConfig
-from .data.dataset import load_sample
 from .data.labels import parse_class_names
-from .data.masks import parse_mask_codes
 from .data.prepare import read_labelled, require_masks
 from .errors import BloodmlError
 from .evaluation.calibration import expected_calibration_error
 from .evaluation.metrics import classification_metrics, majority_rate
-from .predict import load_model
+from .predict import load_model, model_probabilities
+from .train import positive_index
 from .runtime import say
 from .tracking.runs import log_params, log_table, training_run
 from .tracking.store import configure_tracking
-from .training.features import network_input
 
 
 def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32) -> dict[str, float]:
     configure_tracking()
     model, meta = load_model(reference)
-    classes, size, mode = meta["class_names"], int(meta["image_size"]), meta.get("mask_mode", "none")
-    codes = parse_mask_codes(config.mask_codes or meta.get("mask_codes", "")) if (config.mask_codes or meta.get(
-        "mask_codes")) else None
+    classes, mode = meta["class_names"], meta.get("mask_mode", "none")
     table, fmt, root, notes = read_labelled(config)
     mapping = parse_class_names(label_map) if label_map else {}
     table = table.assign(label=table["label"].map(lambda v: mapping.get(v, v)))
@@ -39,16 +33,10 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
         raise BloodmlError(f"labels {', '.join(unknown)} of {config.data} are not among the model's classes "
                            f"({', '.join(classes)}); map them with --label-map 'theirs=ours,...'.")
     require_masks(table, mode)
-    probabilities = []
-    for start in range(0, len(table), batch):
-        chunk = table.iloc[start:start + batch]
-        samples = [load_sample(p, m if isinstance(m, str) else None, size, codes)
-                   for p, m in zip(chunk["path"], chunk["mask_path"])]
-        x = network_input(torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]), mode)
-        probabilities.append(np.asarray(model.predict(x.numpy().astype(np.float32))))
-    probabilities = np.concatenate(probabilities)
+    probabilities = model_probabilities(model, meta, list(table["path"]), list(table["mask_path"]), batch,
+                                        config.mask_codes)
     truth = np.array([classes.index(label) for label in table["label"]])
-    positive = classes.index(config.positive_classes) if config.positive_classes in classes else None
+    positive = positive_index(config, classes)
     metrics = classification_metrics(truth, probabilities, "eval_", classes, positive, config.threshold,
                                      config.bootstrap, config.seed)
     metrics["eval_majority_rate"] = majority_rate(truth)

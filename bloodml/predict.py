@@ -41,8 +41,8 @@ def _source_run(uri: str) -> str | None:
 def load_model(reference: str):
     """Download a bloodml model, check its files against the hash recorded at training time, then load it."""
     uri = model_uri(reference)
-    hint = (f"pass models:/<name>@<alias>, runs:/<run_id>/model or a run ID, with MLFLOW_TRACKING_URI set to "
-            f"its store.")
+    hint = ("pass models:/<name>@<alias>, runs:/<run_id>/model or a run ID, with MLFLOW_TRACKING_URI set to "
+            "its store.")
     try:
         run_id = _source_run(uri)
         with tempfile.TemporaryDirectory() as tmp:
@@ -83,31 +83,39 @@ def _mask_for(image: Path, masks_dir: Path | None) -> str | None:
     return str(candidates[0]) if candidates else None
 
 
+def model_probabilities(model, meta: dict, paths: list[str], mask_paths: list[str | None], batch: int = 32,
+                        mask_codes: str = "") -> np.ndarray:
+    """Class probabilities (N, C) of a loaded bloodml model: each image read at the model's size and masked with
+    its mask mode, exactly as in training. ``mask_codes`` overrides the codes stored with the model."""
+    size, mode = int(meta["image_size"]), meta.get("mask_mode", "none")
+    codes_text = mask_codes or meta.get("mask_codes", "")
+    codes = parse_mask_codes(codes_text) if codes_text else None
+    parts = []
+    for start in range(0, len(paths), batch):
+        samples = [load_sample(str(p), m if isinstance(m, str) and m else None, size, codes)
+                   for p, m in zip(paths[start:start + batch], mask_paths[start:start + batch])]
+        x = network_input(torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]), mode)
+        parts.append(np.asarray(model.predict(x.numpy().astype(np.float32))))
+    return np.concatenate(parts) if parts else np.zeros((0, len(meta["class_names"])))
+
+
 def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Path | None = None,
                    batch: int = 32, pattern: str = "*") -> pd.DataFrame:
     """One row per image: file, predicted_label, confidence and p_<class> for every class."""
     model, meta = load_model(reference)
-    classes, size, mode = meta["class_names"], int(meta["image_size"]), meta.get("mask_mode", "none")
-    codes = parse_mask_codes(meta["mask_codes"]) if meta.get("mask_codes") else None
+    classes, mode = meta["class_names"], meta.get("mask_mode", "none")
     files = collect_images(inputs, pattern)
     masks = Path(masks_dir) if masks_dir else None
     if masks is not None and not masks.is_dir():
         raise BloodmlError(f"--masks-dir {masks}: not a folder; pass the folder holding the masks.")
-    rows = []
-    for start in range(0, len(files), batch):
-        chunk = files[start:start + batch]
-        images, regions = [], []
-        for path in chunk:
-            mask = _mask_for(path, masks) if mode != "none" else None
-            if mode != "none" and mask is None:
-                raise BloodmlError(f"{path}: the model was trained with masks={mode} and needs this image's mask; "
-                                   f"pass --masks-dir with a mask named like the image ({path.stem}.*).")
-            image, region, _ = load_sample(str(path), mask, size, codes)
-            images.append(image)
-            regions.append(region)
-        x = network_input(torch.stack(images), torch.stack(regions), mode).numpy().astype(np.float32)
-        probabilities = np.asarray(model.predict(x))
-        for path, p in zip(chunk, probabilities):
-            rows.append({"file": str(path), "predicted_label": classes[int(p.argmax())], "confidence": float(p.max()),
-                         **{f"p_{name}": float(v) for name, v in zip(classes, p)}})
-    return pd.DataFrame(rows)
+    mask_paths = []
+    for path in files:
+        mask = _mask_for(path, masks) if mode != "none" else None
+        if mode != "none" and mask is None:
+            raise BloodmlError(f"{path}: the model was trained with masks={mode} and needs this image's mask; "
+                               f"pass --masks-dir with a mask named like the image ({path.stem}.*).")
+        mask_paths.append(mask)
+    probabilities = model_probabilities(model, meta, [str(f) for f in files], mask_paths, batch)
+    return pd.DataFrame([{"file": str(path), "predicted_label": classes[int(p.argmax())], "confidence": float(p.max()),
+                          **{f"p_{name}": float(v) for name, v in zip(classes, p)}}
+                         for path, p in zip(files, probabilities)])

@@ -1,6 +1,5 @@
 """Issue 5: the feature cache is keyed by content, never stale, never trusted when corrupt, and changes nothing."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -4,7 +4,6 @@ import sys
 import mlflow
 import numpy as np
 import pandas as pd
-import pytest
 
 from bloodml.config import build_config
 from bloodml.train import run_training

@@ -33,7 +33,6 @@ def test_corrected_resampled_t_test_by_hand():
 
 
 def _table(n=60, seed=0):
-    rng = np.random.default_rng(seed)
     labels = np.array(["a"] * 30 + ["b"] * 20 + ["c"] * 10)
     groups = [f"g{i}" for i in range(n)]
     groups[1] = groups[0]  # a pair of copies

@@ -8,14 +8,10 @@ import tempfile
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.exceptions import MlflowException
 
-from ..data.dataset import load_sample
-from ..data.masks import parse_mask_codes
 from ..evaluation.metrics import balanced_accuracy_from, confusion_counts, macro_f1_from
-from ..predict import load_model
-from ..training.features import network_input
+from ..predict import load_model, model_probabilities
 
 SCORES = {"val_macro_f1": macro_f1_from, "val_balanced_accuracy": balanced_accuracy_from,
           "val_accuracy": lambda cm: float(np.trace(cm) / max(cm.sum(), 1))}
@@ -31,14 +27,10 @@ def _val_hashes(run_id: str) -> set[str]:
 def score_model(model_uri: str, rows: pd.DataFrame, objective: str) -> float | None:
     """The objective of a logged model on given images (rows: path, label, mask_path)."""
     model, meta = load_model(model_uri)
-    classes, size, mode = meta["class_names"], int(meta["image_size"]), meta.get("mask_mode", "none")
+    classes = meta["class_names"]
     if set(rows["label"]) - set(classes):
         return None
-    codes = parse_mask_codes(meta["mask_codes"]) if meta.get("mask_codes") else None
-    samples = [load_sample(p, m if isinstance(m, str) and m else None, size, codes)
-               for p, m in zip(rows["path"], rows["mask_path"])]
-    x = network_input(torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]), mode)
-    probabilities = np.asarray(model.predict(x.numpy().astype(np.float32)))
+    probabilities = model_probabilities(model, meta, list(rows["path"]), list(rows["mask_path"]))
     truth = np.array([classes.index(label) for label in rows["label"]])
     if objective == "val_loss":
         return float(-np.log(np.clip(probabilities[np.arange(len(truth)), truth], 1e-12, 1)).mean())
