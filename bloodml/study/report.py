@@ -3,6 +3,7 @@ audit and the data summary, as Markdown plus the CSVs behind it."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -34,7 +35,7 @@ def _plot_question(question, scores, metric, path: Path) -> Path:
                     color="black", capsize=4)
     ax.set_xticks(range(len(names)), [short_name(n, question.factor) for n in names], rotation=15)
     ax.set_ylabel(f"test {metric} per fold")
-    ax.set_title(question.name, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(question.name, 45)), fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
