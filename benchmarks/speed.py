@@ -28,13 +28,14 @@ from bloodml.cache.store import clear_memory
 from bloodml.config import build_config
 from bloodml.data.dataset import preload
 from bloodml.data.prepare import prepare
+from bloodml.data.input_spec import InputSpec
 from bloodml.data.transforms import Preprocess
 from bloodml.evaluation.report import logits_of
 from bloodml.models.head import Head
 from bloodml.models.registry import create_backbone
 from bloodml.runtime import configure
 from bloodml.train import run_training
-from bloodml.training.features import extract_features, network_input
+from bloodml.training.features import extract_features
 from bloodml.training.loop import FinetuneTrainer, TrainSettings
 
 BACKBONES = ("efficientnet_lite0", "resnet50", "vgg16")
@@ -54,8 +55,9 @@ def extraction(images, regions, size: int) -> dict:
     rows = {}
     for name in BACKBONES:
         backbone = create_backbone(name, pretrained=name.startswith("efficientnet"))
-        preprocess = Preprocess(mean=backbone.mean, std=backbone.std)
-        x = preprocess(network_input(images, regions, "cell"))
+        spec = InputSpec(mask_mode="cell", mean=backbone.mean, std=backbone.std)
+        preprocess = Preprocess(spec)
+        x = preprocess(spec.network_input(images, regions))
 
         def plain():
             backbone.eval()
@@ -63,7 +65,7 @@ def extraction(images, regions, size: int) -> dict:
                 backbone(x)
 
         def ours():
-            extract_features(backbone, preprocess, images, regions, "cell", batch_size=len(images), progress=False)
+            extract_features(backbone, preprocess, images, regions, spec, batch_size=len(images), progress=False)
 
         t_plain, t_ours = timed(plain), timed(ours)
         rows[name] = {"plain_img_s": len(images) / t_plain, "bloodml_img_s": len(images) / t_ours,
@@ -79,9 +81,9 @@ def finetuning(train, val, size: int) -> dict:
         backbone = create_backbone(name, pretrained=name.startswith("efficientnet"))
         settings = TrainSettings(epochs=1, batch_size=17, lr=1e-3, seed=0)
         small = train.subset(range(34))
-        trainer = FinetuneTrainer(backbone, Preprocess(mean=backbone.mean, std=backbone.std),
-                                  Head(backbone.feature_dim, 4), small, val.subset(range(2)), "cell", None, "all", 0,
-                                  0.1, 4, settings)
+        spec = InputSpec(mask_mode="cell", mean=backbone.mean, std=backbone.std)
+        trainer = FinetuneTrainer(backbone, Preprocess(spec), Head(backbone.feature_dim, 4), small,
+                                  val.subset(range(2)), spec, None, "all", 0, 0.1, 4, settings)
         seconds = timed(lambda: trainer.train_epoch(1), repeat=1)
         rows[name] = {"finetune_img_s": len(small) / seconds}
         print(f"finetune {name:20} {len(small) / seconds:7.1f} img/s (finetune=all, batch 17, {size} px)", flush=True)
@@ -95,13 +97,13 @@ def frozen_run(data: str, workdir: Path) -> dict:
               "experiment": "bloodml-benchmark"}
     results, predictions = {}, {}
     prepared = prepare(build_config(None, common), progress=False)
-    test = preload(prepared.split("test"), prepared.classes, 128)
+    test = preload(prepared.split("test"), prepared.classes, InputSpec(image_size=128, mask_mode="cell"))
     for label, cache in (("cached_cold", "disk"), ("cached_warm", "disk"), ("naive", "off")):
         clear_memory()
         start = time.perf_counter()
         result = run_training(build_config(None, {**common, "feature_cache": cache}), data=prepared)
         seconds = time.perf_counter() - start
-        predictions[label] = logits_of(result.model, test, "cell").softmax(1).numpy()
+        predictions[label] = logits_of(result.model, test).softmax(1).numpy()
         results[label] = {"wall_s": seconds, "feature_s": result.metrics.get("feature_seconds", float("nan")),
                           "test_accuracy": result.metrics["test_accuracy"]}
         feature = results[label]["feature_s"]
@@ -127,8 +129,8 @@ def main() -> int:
     threads = configure(0, 0)
     config = build_config(None, {"data": args.data})
     prepared = prepare(config, progress=False)
-    train = preload(prepared.split("train"), prepared.classes, args.size, progress=False)
-    val = preload(prepared.split("val"), prepared.classes, args.size, progress=False)
+    train = preload(prepared.split("train"), prepared.classes, InputSpec(image_size=args.size), progress=False)
+    val = preload(prepared.split("val"), prepared.classes, InputSpec(image_size=args.size), progress=False)
     batch = train.subset(range(64))
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": threads,
                           "torch": torch.__version__, "python": sys.version.split()[0]},

@@ -12,7 +12,7 @@ from .config import PARAMETERS, build_config
 from .errors import BloodmlError
 
 
-def run_options(command):
+def parameter_options(command):
     """Every run parameter as --name (the spelling `mlflow run -P name=...` passes) and --name-with-dashes."""
     for name, spec in reversed(list(PARAMETERS.items())):
         meta = spec.metadata
@@ -21,8 +21,14 @@ def run_options(command):
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         command = click.option(*flags, name, default=None, metavar="VALUE",
                                help=f"{meta['help']}{choices} (default: {default!r})")(command)
+    return command
+
+
+def run_options(command):
+    """The run parameters plus --config, the run configuration file they override."""
     return click.option("--config", "config_path", default=None, metavar="YAML",
-                        help="run configuration file (experiments/*.yaml); other options override it")(command)
+                        help="run configuration file (experiments/*.yaml); other options override it")(
+        parameter_options(command))
 
 
 def _config(config_path, values):
@@ -43,17 +49,11 @@ def train(config_path, resume_run_id, **values):
     from .train import run_training
 
     if resume_run_id:
+        from .tracking.runs import logged_params
         from .tracking.store import configure_tracking
 
         configure_tracking()
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        try:
-            logged = mlflow.MlflowClient().get_run(resume_run_id).data.params
-        except MlflowException:
-            raise BloodmlError(f"run {resume_run_id} not found in {mlflow.get_tracking_uri()}; check the ID and "
-                               f"MLFLOW_TRACKING_URI.")
+        logged = logged_params(resume_run_id)
         config = build_config(None, {k: v for k, v in logged.items() if k in PARAMETERS})
         run_training(config, resume_run_id=resume_run_id)
         return
@@ -88,12 +88,14 @@ def tune(config_path, n_trials, timeout, study_name, storage, objective, space, 
 @click.option("--out", default="", help="folder for the report (default study-<name>)")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="override a run parameter for every run")
 @click.option("--resume", is_flag=True, help="continue the study's latest run: configurations that finished are reused")
-def study(study_file, out, sets, resume):
-    """Answer a study's questions: every configuration on the same folds, paired tests, a report."""
+@parameter_options
+def study(study_file, out, sets, resume, **values):
+    """Answer a study's questions: every configuration on the same folds, paired tests, a report. Run parameters
+    (--data, --epochs, ...) override the study file's settings for every run, as --set does."""
     from .study.runner import run_study
     from .study.spec import load_study
 
-    overrides = {}
+    overrides = {k: v for k, v in values.items() if v is not None}
     for item in sets:
         if "=" not in item:
             raise BloodmlError(f"--set '{item}' needs NAME=VALUE, e.g. --set epochs=10.")
@@ -120,8 +122,13 @@ def evaluate_cmd(reference, label_map, config_path, **values):
 @click.option("--val", "val_dir", type=click.Path(path_type=Path), help="folder of validation images")
 @click.option("--test", "test_dir", type=click.Path(path_type=Path), help="folder of test images")
 @click.option("--root", type=click.Path(path_type=Path), help="data folder the manifest's paths are relative to")
-@click.option("--near-distance", default=6, show_default=True, help="perceptual-hash distance counted as a copy")
-def audit_split(manifest, train_dir, val_dir, test_dir, root, near_distance):
+@click.option("--near-distance", "--near_duplicate_distance", "near_distance", type=int,
+              default=PARAMETERS["near_duplicate_distance"].default, show_default=True,
+              help="hash distance (any flip/rotation or crop) that makes a near-copy candidate; -1: none")
+@click.option("--copy-similarity", "--copy_similarity", "similarity", type=float,
+              default=PARAMETERS["copy_similarity"].default, show_default=True,
+              help="fine-structure similarity from which a candidate counts as a copy (the second look)")
+def audit_split(manifest, train_dir, val_dir, test_dir, root, near_distance, similarity):
     """Check a split for leaks (same path, same bytes, near copies). Exit 1 if anything leaks, 0 if clean."""
     from .data.audit import find_leaks, table_from_folders, table_from_manifest
 
@@ -131,7 +138,7 @@ def audit_split(manifest, train_dir, val_dir, test_dir, root, near_distance):
     if folders and len(folders) < 2:
         raise BloodmlError("audit-split needs at least two of --train, --val, --test to compare.")
     table = table_from_manifest(manifest, root) if manifest else table_from_folders(folders)
-    leaks = find_leaks(table, near_distance)
+    leaks = find_leaks(table, near_distance, similarity)
     counts = table["split"].value_counts()
     click.echo("images: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in sorted(counts.index)))
     if not leaks:

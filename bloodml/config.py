@@ -41,8 +41,13 @@ class RunConfig:
     min_class_count: int = _p(5, "classes with fewer images are dropped with a warning", low=1, high=100000,
                               group="data")
     mask_codes: str = _p("", "mask code -> region, e.g. '0=background,128=cytoplasm,255=nucleus'", group="data")
-    near_duplicate_distance: int = _p(6, "perceptual-hash distance under which images count as copies (-1: off)",
-                                      low=-1, high=32, group="data")
+    mask_stray_tolerance: float = _p(0.01, "share of a mask's pixels that may hold stray values (anti-aliasing, "
+                                     "re-encoding); each takes the region around it", low=0.0, high=0.2,
+                                     group="data")
+    near_duplicate_distance: int = _p(8, "near copies: hash distance (in any flip/rotation or crop) that makes a "
+                                         "candidate pair (-1: no near-copy search)", low=-1, high=32, group="data")
+    copy_similarity: float = _p(0.76, "near copies: fine-structure correlation, after registering the pair, from "
+                                      "which a candidate counts as the same image", low=0.0, high=1.0, group="data")
     # --- split ------------------------------------------------------------------------------------------------
     val_fraction: float = _p(0.15, "validation share of the images", low=0.01, high=0.9, group="split")
     test_fraction: float = _p(0.15, "test share of the images", low=0.01, high=0.9, group="split")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -14,38 +13,43 @@ from .data.prepare import read_labelled, require_masks
 from .errors import BloodmlError
 from .evaluation.calibration import expected_calibration_error
 from .evaluation.metrics import classification_metrics, majority_rate
-from .predict import load_model, model_probabilities
-from .train import positive_index
+from .predict import loaded_model, model_probabilities
 from .runtime import say
-from .tracking.runs import log_params, log_table, training_run
+from .tracking.runs import log_metrics, log_params, log_table, training_run
 from .tracking.store import configure_tracking
+from .train import positive_index
 
 
-def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32) -> dict[str, float]:
-    configure_tracking()
-    model, meta = load_model(reference)
-    classes, mode = meta["class_names"], meta.get("mask_mode", "none")
-    table, fmt, root, notes = read_labelled(config)
+def relabelled(table: pd.DataFrame, label_map: str, classes: list[str], data: str) -> pd.DataFrame:
+    """The dataset's labels in the model's class names (``label_map``: 'theirs=ours,...')."""
     mapping = parse_class_names(label_map) if label_map else {}
     table = table.assign(label=table["label"].map(lambda v: mapping.get(v, v)))
     unknown = sorted(set(table["label"]) - set(classes))
     if unknown:
-        raise BloodmlError(f"labels {', '.join(unknown)} of {config.data} are not among the model's classes "
+        raise BloodmlError(f"labels {', '.join(unknown)} of {data} are not among the model's classes "
                            f"({', '.join(classes)}); map them with --label-map 'theirs=ours,...'.")
-    require_masks(table, mode)
-    probabilities = model_probabilities(model, meta, list(table["path"]), list(table["mask_path"]), batch,
+    return table
+
+
+def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32) -> dict[str, float]:
+    configure_tracking()
+    model, classes, spec = loaded_model(reference)
+    table, fmt, root, notes = read_labelled(config)
+    table = relabelled(table, label_map, classes, config.data)
+    require_masks(table, spec.mask_mode)
+    probabilities = model_probabilities(model, spec, list(table["path"]), list(table["mask_path"]), batch,
                                         config.mask_codes)
     truth = np.array([classes.index(label) for label in table["label"]])
-    positive = positive_index(config, classes)
-    metrics = classification_metrics(truth, probabilities, "eval_", classes, positive, config.threshold,
-                                     config.bootstrap, config.seed)
+    groups = table["group"].to_numpy() if config.group_column else None
+    metrics = classification_metrics(truth, probabilities, "eval_", classes, positive_index(config, classes),
+                                     config.threshold, config.bootstrap, config.seed, groups)
     metrics["eval_majority_rate"] = majority_rate(truth)
     metrics["eval_ece"] = expected_calibration_error(truth, probabilities)
     metrics["eval_images"] = float(len(table))
     with training_run(config.experiment, config.run_name or f"evaluate-{Path(str(config.data)).name}",
-                      tags={"bloodml.task": "evaluate", "model": reference, "masks_used": str(mode != "none").lower()}):
+                      tags={"bloodml.task": "evaluate", "model": reference, "masks_used": str(spec.masked).lower()}):
         log_params({"model": reference, "data": config.data, "label_map": label_map or "(none)", "format": fmt})
-        mlflow.log_metrics(metrics)
+        log_metrics(metrics)
         predictions = pd.DataFrame({"file": table["path"], "true_label": table["label"],
                                     "predicted_label": [classes[i] for i in probabilities.argmax(1)]})
         for i, name in enumerate(classes):

@@ -1,24 +1,29 @@
-"""One configured training run, tracked in MLflow: data -> split -> model -> fit -> evaluate -> log.
+"""One configured training run, tracked in MLflow: data -> split -> what the network sees -> model -> fit ->
+evaluate -> log.
 
-This module orchestrates; every step lives in its own module (data/, models/, training/, evaluation/, tracking/).
+:func:`run_training` reads as that list of steps; each step is a function below, and each lives on top of its
+own module (data/, models/, training/, evaluation/, tracking/).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import torch
 
 from . import __version__
+from .cache.keys import image_keys, model_key
+from .cache.store import FeatureStore
 from .config import RunConfig
-from .data.dataset import ImageSet, preload
-from .data.prepare import PreparedData, mask_codes, prepare
+from .data.dataset import ImageSet, preload, stray_note
+from .data.input_spec import InputSpec
+from .data.prepare import PreparedData, prepare
 from .data.splits import manifest
-from .data.transforms import build_augmentation, fit_preprocess
+from .data.transforms import Preprocess, build_augmentation, fit_input_spec
 from .evaluation.report import EvaluationSettings, evaluate
 from .models.classifier import BloodCellClassifier
 from .models.head import Head
@@ -26,13 +31,15 @@ from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
 from .tracking.buffer import MetricBuffer
 from .tracking.model import log_model
-from .tracking.runs import log_params, log_table, logged_steps, resumed_run, training_run
+from .tracking.runs import end_active_run, log_folder, log_metrics, log_params, log_table, logged_steps, \
+    resumed_run, set_tags, training_run
 from .tracking.store import configure_tracking, ui_hint
-from .cache.keys import image_keys, model_key
-from .cache.store import FeatureStore
-from .training.features import augmented_view, network_input, view_features
 from .training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .training.loop import EpochRecord, FinetuneTrainer, HeadTrainer, NaiveHeadTrainer, TrainSettings, fit
+from .training.features import augmented_view, view_features
+from .training.loop import EpochRecord, FinetuneTrainer, FitResult, HeadTrainer, NaiveHeadTrainer, TrainSettings, \
+    fit
+
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -47,6 +54,15 @@ class TrainResult:
     data: PreparedData
 
 
+class StopRun(Exception):
+    """Raised by an epoch hook to end a run early on purpose (e.g. an Optuna pruning decision)."""
+
+    def __init__(self, reason: str, state: str = "PRUNED"):
+        super().__init__(reason)
+        self.state = state
+
+
+# --- the settings each step needs, from the one configuration --------------------------------------------------
 def augmentation(config: RunConfig):
     if not config.augment:
         return None
@@ -70,33 +86,59 @@ def positive_index(config: RunConfig, classes: list[str]) -> int | None:
 
 
 def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = True) -> EvaluationSettings:
-    return EvaluationSettings(mask_mode=config.masks, positive=positive_index(config, classes),
-                              threshold=config.threshold, temperature_scaling=config.temperature_scaling,
+    return EvaluationSettings(positive=positive_index(config, classes), threshold=config.threshold,
+                              temperature_scaling=config.temperature_scaling,
                               gradcam_samples=config.gradcam_samples if plots else 0, n_boot=config.bootstrap,
                               seed=config.seed, plots=plots)
 
 
-def build_trainer(config: RunConfig, backbone, preprocess, head, train: ImageSet, val: ImageSet, classes, progress):
+# --- the steps ---------------------------------------------------------------------------------------------------
+def load_splits(data: PreparedData, spec: InputSpec, progress: bool) -> dict[str, ImageSet]:
+    """Every split's images and region maps, decoded once at the spec's size and codes."""
+    sets = {name: preload(data.split(name), data.classes, spec, progress) for name in SPLITS}
+    note = stray_note(sets.values())
+    if note:
+        say(f"note: {note}")
+    return sets
+
+
+def describe_data(data: PreparedData) -> None:
+    for note in data.notes:
+        say(f"note: {note}")
+    counts = data.table.groupby(["split", "label"]).size()
+    say(f"data: {len(data.table)} images, classes {', '.join(data.classes)}; "
+        + "; ".join(f"{s} {int(counts[s].sum())}" for s in SPLITS))
+
+
+def fitted_spec(spec: InputSpec, train: ImageSet) -> InputSpec:
+    """What the network sees, with its statistics fitted on the training split only."""
+    return fit_input_spec(spec, spec.network_input(train.images, train.regions))
+
+
+def build_trainer(config: RunConfig, spec: InputSpec, backbone, head, train: ImageSet, val: ImageSet, classes,
+                  progress):
+    """Fine-tuning, or a head on frozen-backbone features (cached per augmented view, or the naive loop)."""
     settings = settings_from(config)
     transform = augmentation(config)
+    preprocess = Preprocess(spec)
     if config.finetune != "none":
-        return FinetuneTrainer(backbone, preprocess, head, train, val, config.masks, transform, config.finetune,
+        return FinetuneTrainer(backbone, preprocess, head, train, val, spec, transform, config.finetune,
                                config.freeze_epochs, config.backbone_lr_factor, len(classes), settings)
     views = config.aug_views if transform is not None else 1
     keys = image_keys(train.images, train.regions)
     if config.feature_cache == "off":
         view_images = [augmented_view(train.images, train.regions, transform, config.seed, v, keys)
                        for v in range(views)]
-        return NaiveHeadTrainer(head, backbone, preprocess, view_images, config.masks, train.labels, val,
-                                len(classes), settings)
+        return NaiveHeadTrainer(head, backbone, preprocess, view_images, spec, train.labels, val, len(classes),
+                                settings)
     started = time.perf_counter()
     store = FeatureStore(config.cache_dir or None, use_disk=config.feature_cache == "disk")
-    model = model_key(config.backbone, backbone, preprocess, config.masks)
+    model = model_key(config.backbone, backbone, preprocess, spec.mask_mode)
     train_features = torch.stack([
-        view_features(store, model, backbone, preprocess, train.images, train.regions, keys, config.masks, transform,
+        view_features(store, model, backbone, preprocess, train.images, train.regions, keys, spec, transform,
                       config.seed, v, progress, desc=f"features view {v + 1}/{views}") for v in range(views)])
     val_features = view_features(store, model, backbone, preprocess, val.images, val.regions,
-                                 image_keys(val.images, val.regions), config.masks, None, config.seed, 0, progress,
+                                 image_keys(val.images, val.regions), spec, None, config.seed, 0, progress,
                                  desc="features val")
     seconds = time.perf_counter() - started
     say(f"features: {views} view(s) x {len(train)} training + {len(val)} validation images in "
@@ -106,24 +148,31 @@ def build_trainer(config: RunConfig, backbone, preprocess, head, train: ImageSet
     return trainer
 
 
-class StopRun(Exception):
-    """Raised by an epoch hook to end a run early on purpose (e.g. an Optuna pruning decision)."""
+@contextmanager
+def open_run(config: RunConfig, parent_run_id: str | None, tags: dict | None, resume_run_id: str | None):
+    run_name = config.run_name or f"{config.backbone}-{config.masks}"
+    context = resumed_run(resume_run_id) if resume_run_id else training_run(config.experiment, run_name,
+                                                                            parent_run_id, tags)
+    with context as run:
+        yield run
 
-    def __init__(self, reason: str, state: str = "PRUNED"):
-        super().__init__(reason)
-        self.state = state
+
+def log_run_inputs(config: RunConfig, data: PreparedData, threads: int, tags: dict | None) -> None:
+    """Every parameter, the tags the UI filters on, and the split manifest."""
+    log_params(config.to_params())
+    set_tags({"masks_used": str(config.masks != "none").lower(), "bloodml.task": "train", "data_format": data.format,
+              "classes": ",".join(data.classes), "threads": str(threads),
+              **(tags or {})})  # the caller's task tag (tune trial, study fold) wins
+    log_table(manifest(data.table, str(data.root)), "split_manifest.csv")
 
 
-def epoch_logger(total: int, hook=None, buffer: MetricBuffer | None = None):
-    """Per epoch: metrics to MLflow (through the outage buffer when given), one plain line, then the hook."""
+def epoch_logger(total: int, buffer: MetricBuffer, hook=None):
+    """Per epoch: metrics to MLflow (through the outage buffer), one plain line, then the hook."""
     def log(record: EpochRecord) -> None:
-        values = {"train_loss": record.train_loss, "train_accuracy": record.train_accuracy,
-                  "val_loss": record.val_loss, "val_accuracy": record.val_accuracy,
-                  "val_macro_f1": record.val_macro_f1, "val_balanced_accuracy": record.val_balanced_accuracy}
-        if buffer is not None:
-            buffer.log(values, record.epoch)
-        else:
-            mlflow.log_metrics(values, step=record.epoch)
+        buffer.log({"train_loss": record.train_loss, "train_accuracy": record.train_accuracy,
+                    "val_loss": record.val_loss, "val_accuracy": record.val_accuracy,
+                    "val_macro_f1": record.val_macro_f1, "val_balanced_accuracy": record.val_balanced_accuracy},
+                   record.epoch)
         say(f"epoch {record.epoch}/{total}  train_loss={record.train_loss:.4f} train_acc={record.train_accuracy:.3f}  "
             f"val_loss={record.val_loss:.4f} val_acc={record.val_accuracy:.3f}  ({record.seconds:.1f}s)")
         if hook is not None:
@@ -131,8 +180,51 @@ def epoch_logger(total: int, hook=None, buffer: MetricBuffer | None = None):
     return log
 
 
+def fit_tracked(trainer, config: RunConfig, run_id: str, hook, resume_state: dict | None) -> FitResult:
+    """Epochs with a checkpoint after each, metrics through the outage buffer; a resumed run first logs the
+    checkpointed epochs MLflow had not received. A hook's :class:`StopRun` ends the run as KILLED."""
+    buffer = MetricBuffer(run_id)
+    logger = epoch_logger(config.epochs, buffer, hook)
+    saved = checkpoint_path(run_id)
+    if resume_state:
+        done = logged_steps(run_id, "val_loss")
+        for record in resume_state["history"]:
+            if record["epoch"] not in done:
+                logger(EpochRecord(**record))
+        say(f"resuming run {run_id} after epoch {resume_state['epoch']}")
+    try:
+        result = fit(trainer, settings_from(config), logger, lambda state: save_checkpoint(saved, state), resume_state)
+    except StopRun as stop:
+        set_tags({"bloodml.state": stop.state, "bloodml.stop_reason": str(stop)})
+        end_active_run("KILLED")
+        raise
+    buffer.flush()  # every epoch's metrics are in MLflow before the run goes on (or a resume command is given)
+    return result
+
+
+def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: PreparedData, sets, result: FitResult,
+                     trainer, plots: bool) -> dict[str, float]:
+    """Validation and test metrics with intervals (over groups when the data has them) and the artefacts."""
+    metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
+    if getattr(trainer, "feature_seconds", None) is not None:  # frozen backbone: the cached feature step
+        metrics["feature_seconds"] = trainer.feature_seconds
+    groups = {s: data.split(s)["group"].to_numpy() for s in ("val", "test")} if config.group_column else None
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
+                                result.history, result.best_epoch, evaluation_settings(config, data.classes, plots),
+                                Path(tmp), groups))
+        log_folder(tmp, "evaluation")
+    metrics.update({f"n_{s}": float(len(sets[s])) for s in SPLITS})
+    return metrics
+
+
+def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: ImageSet) -> None:
+    example = model.spec.network_input(test.images[:2], test.regions[:2])
+    log_model(model, example, {"backbone": config.backbone, "bloodml_version": __version__})
+
+
 def run_training(config: RunConfig, data: PreparedData | None = None, parent_run_id: str | None = None,
-                 tags: dict | None = None, epoch_hook=None, log_trained_model: bool = True,
+                 tags: dict | None = None, epoch_hook=None, log_trained: bool = True,
                  plots: bool = True, resume_run_id: str | None = None) -> TrainResult:
     """Train, evaluate and log one run. ``epoch_hook(record)`` may raise :class:`StopRun`: the run then ends as
     KILLED with the tag ``bloodml.state`` and the exception propagates. Every epoch leaves an atomic checkpoint;
@@ -143,66 +235,25 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     started = time.perf_counter()
     backbone = create_backbone(config.backbone, config.pretrained, config.weights)  # fail fast on missing weights
     data = data or prepare(config, progress=progress)
-    for note in data.notes:
-        say(f"note: {note}")
-    codes = mask_codes(config)
-    sets = {name: preload(data.split(name), data.classes, config.image_size, codes, progress)
-            for name in ("train", "val", "test")}
-    train_input = network_input(sets["train"].images, sets["train"].regions, config.masks)
-    preprocess = fit_preprocess(train_input, config.color_space, config.stain_norm, config.normalize,
-                                backbone.mean, backbone.std)
+    describe_data(data)
+    spec = InputSpec.from_config(config, backbone.mean, backbone.std)
+    sets = load_splits(data, spec, progress)
+    spec = fitted_spec(spec, sets["train"])
     torch.manual_seed(config.seed)
     head = Head(backbone.feature_dim, len(data.classes), config.dropout)
-    counts = data.table.groupby(["split", "label"]).size()
-    say(f"data: {len(data.table)} images, classes {', '.join(data.classes)}; "
-        + "; ".join(f"{s} {int(counts[s].sum())}" for s in ("train", "val", "test")))
 
     uri = configure_tracking()  # only once the inputs are known good: bad input leaves no store behind
-    run_name = config.run_name or f"{config.backbone}-{config.masks}"
-    context = resumed_run(resume_run_id) if resume_run_id else training_run(config.experiment, run_name,
-                                                                            parent_run_id, tags)
-    with context as run:
-        log_params(config.to_params())
-        mlflow.set_tags({"masks_used": str(config.masks != "none").lower(), "bloodml.task": "train",
-                         "data_format": data.format, "classes": ",".join(data.classes), "threads": str(threads),
-                         **(tags or {})})  # the caller's task tag (tune trial, study fold) wins
-        log_table(manifest(data.table, str(data.root)), "split_manifest.csv")
-        trainer = build_trainer(config, backbone, preprocess, head, sets["train"], sets["val"], data.classes,
-                                progress)
-        saved = checkpoint_path(run.info.run_id)
-        buffer = MetricBuffer(run.info.run_id)
-        logger = epoch_logger(config.epochs, epoch_hook, buffer)
-        if resume_state:  # epochs checkpointed but not yet in MLflow when the process died
-            done = logged_steps(run.info.run_id, "val_loss")
-            for record in resume_state["history"]:
-                if record["epoch"] not in done:
-                    logger(EpochRecord(**record))
-            say(f"resuming run {run.info.run_id} after epoch {resume_state['epoch']}")
-        try:
-            result = fit(trainer, settings_from(config), logger, lambda state: save_checkpoint(saved, state),
-                         resume_state)
-        except StopRun as stop:
-            mlflow.set_tags({"bloodml.state": stop.state, "bloodml.stop_reason": str(stop)})
-            mlflow.end_run("KILLED")
-            raise
-        buffer.flush()  # every epoch's metrics are in MLflow before the run goes on (or a resume command is given)
-        model = BloodCellClassifier(preprocess, backbone, head, data.classes, config.image_size, config.masks).eval()
-        metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
-        if getattr(trainer, "feature_seconds", None) is not None:  # frozen backbone: the cached feature step
-            metrics["feature_seconds"] = trainer.feature_seconds
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = evaluation_settings(config, data.classes, plots)
-            metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
-                                    result.history, result.best_epoch, settings, Path(tmp)))
-            mlflow.log_artifacts(tmp, artifact_path="evaluation")
+    with open_run(config, parent_run_id, tags, resume_run_id) as run:
+        log_run_inputs(config, data, threads, tags)
+        trainer = build_trainer(config, spec, backbone, head, sets["train"], sets["val"], data.classes, progress)
+        result = fit_tracked(trainer, config, run.info.run_id, epoch_hook, resume_state)
+        model = BloodCellClassifier(spec, backbone, head, data.classes).eval()
+        metrics = evaluate_and_log(model, config, data, sets, result, trainer, plots)
         metrics["train_seconds"] = time.perf_counter() - started
-        metrics.update({f"n_{s}": float(len(sets[s])) for s in ("train", "val", "test")})
-        mlflow.log_metrics(metrics)
-        example = network_input(sets["test"].images[:2], sets["test"].regions[:2], config.masks)
-        if log_trained_model:
-            log_model(model, example, {"backbone": config.backbone, "mask_codes": config.mask_codes,
-                                       "bloodml_version": __version__})
-        saved.unlink(missing_ok=True)  # finished: nothing left to resume
+        log_metrics(metrics)
+        if log_trained:
+            log_trained_model(model, config, sets["test"])
+        checkpoint_path(run.info.run_id).unlink(missing_ok=True)  # finished: nothing left to resume
         say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
             f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")

@@ -56,3 +56,31 @@ def test_audit_reports_path_content_and_near_copies(make_folders, tmp_path, caps
     assert code == 1 and "content: train/" in out
     code, out, err = run_cli(capsys, "audit-split")
     assert code == 2 and err.startswith("error: audit-split needs")
+
+
+@needs_wbc
+def test_a_clean_split_with_lookalikes_on_both_sides_passes(tmp_path, capsys):
+    """Two different cells that look alike may sit on different sides; every true copy stays on one side."""
+    from test_copies import DISTINCT_LOOKALIKES, TRUE_COPIES
+
+    together = {n: a for a, b in TRUE_COPIES for n in (a, b)}
+    files = sorted(WBC.glob("*.bmp"))
+    side = {}
+    for k, path in enumerate(files):
+        owner = together.get(path.stem, path.stem)
+        side[path.stem] = side.get(owner) or ("train", "val", "test")[k % 3]
+    for a, b in DISTINCT_LOOKALIKES:  # look-alikes forced apart
+        side[a], side[b] = "train", "test"
+    for a, b in TRUE_COPIES:
+        side[b] = side[a]
+    for path in files:
+        target = tmp_path / side[path.stem] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    code, out, _ = run_cli(capsys, "audit-split", "--train", tmp_path / "train", "--val", tmp_path / "val",
+                           "--test", tmp_path / "test")
+    assert code == 0 and "clean" in out, out
+    shutil.move(str(tmp_path / side["157"] / "157.bmp"), str(tmp_path / ("val" if side["157"] != "val" else "test")))
+    code, out, _ = run_cli(capsys, "audit-split", "--train", tmp_path / "train", "--val", tmp_path / "val",
+                           "--test", tmp_path / "test")
+    assert code == 1 and "near-duplicate" in out and "157.bmp" in out and "158.bmp" in out, out

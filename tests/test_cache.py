@@ -6,7 +6,8 @@ import torch
 from bloodml.cache.keys import image_keys, model_key, view_key
 from bloodml.cache.store import FeatureStore, clear_memory
 from bloodml.config import build_config
-from bloodml.data.transforms import Preprocess, build_augmentation, fit_preprocess
+from bloodml.data.input_spec import InputSpec
+from bloodml.data.transforms import Preprocess, build_augmentation, fit_input_spec
 from bloodml.models.head import Head
 from bloodml.models.registry import create_backbone
 from bloodml.train import build_trainer
@@ -27,8 +28,9 @@ def test_keys_follow_content_and_nothing_else():
     assert base == model_key(TINY_BACKBONE, _backbone(), Preprocess(), "cell")  # same content, new objects
     assert base != model_key(TINY_BACKBONE, backbone, preprocess, "none")  # mask mode
     assert base != model_key(TINY_BACKBONE, _backbone(seed=1), preprocess, "cell")  # weights
-    assert base != model_key(TINY_BACKBONE, backbone, Preprocess("bgr"), "cell")  # preprocessing mode
-    fitted = fit_preprocess(torch.rand(4, 3, 8, 8), "rgb", "none", "dataset", (0.5,) * 3, (0.5,) * 3)
+    assert base != model_key(TINY_BACKBONE, backbone, Preprocess(InputSpec(color_space="bgr")), "cell")  # mode
+    fitted = Preprocess(fit_input_spec(InputSpec(normalize="dataset", mean=(0.5,) * 3, std=(0.5,) * 3),
+                                       torch.rand(4, 3, 8, 8)))
     assert base != model_key(TINY_BACKBONE, backbone, fitted, "cell")  # fitted statistics
 
     keys = image_keys(data.images, data.regions)
@@ -83,8 +85,8 @@ def test_cached_and_naive_training_give_the_same_head(make_wbc, tmp_path):
         backbone = _backbone(seed=7)
         torch.manual_seed(0)
         head = Head(backbone.feature_dim, 2)
-        trainer = build_trainer(config.__class__(**{**config.__dict__, "feature_cache": mode}), backbone,
-                                Preprocess(), head, train, val, ["a", "b"], progress=False)
+        trainer = build_trainer(config.__class__(**{**config.__dict__, "feature_cache": mode}), InputSpec(),
+                                backbone, head, train, val, ["a", "b"], progress=False)
         assert isinstance(trainer, NaiveHeadTrainer if mode == "off" else HeadTrainer)
         fit(trainer, trainer.settings)
         heads.setdefault(mode, []).append(head.linear.weight.detach().clone())

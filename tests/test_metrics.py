@@ -109,3 +109,23 @@ def test_fast_bootstrap_statistics_equal_scikit_learn_even_with_missing_classes(
         scores = np.round(rng.random(n), 1)  # ties
         if 0 < (y == 0).sum() < n:
             assert roc_auc_fast(y == 0, scores) == pytest.approx(skm.roc_auc_score(y == 0, scores))
+
+
+def test_intervals_resample_groups_not_images():
+    """Ten identical cells of one patient are one case, not ten: the intervals of a dataset where every group is
+    10 copies of one image equal those of the same dataset with one image per group (to bootstrap noise), and
+    are much wider than an image-level bootstrap would claim."""
+    rng = np.random.default_rng(3)
+    n = 40
+    truth = rng.integers(0, 2, n)
+    probabilities = np.eye(2)[truth] * 0.25 + rng.random((n, 2))  # a weak classifier: about 70 % right
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    single = classification_metrics(truth, probabilities, n_boot=4000, seed=1, groups=np.arange(n))
+    tenfold = classification_metrics(np.repeat(truth, 10), np.repeat(probabilities, 10, axis=0), n_boot=4000, seed=2,
+                                     groups=np.repeat(np.arange(n), 10))
+    naive = classification_metrics(np.repeat(truth, 10), np.repeat(probabilities, 10, axis=0), n_boot=4000, seed=2)
+    assert single["ci_groups"] == tenfold["ci_groups"] == 40 and naive["ci_groups"] == 0
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "roc_auc", "sensitivity", "specificity"):
+        width = lambda m: m[f"{metric}_ci_high"] - m[f"{metric}_ci_low"]  # noqa: E731
+        assert width(tenfold) == pytest.approx(width(single), rel=0.15, abs=0.02), metric
+        assert width(naive) < 0.5 * width(tenfold), metric

@@ -79,3 +79,38 @@ def test_tampered_model_files_are_refused(make_wbc, tmp_path, capsys):
     stored[0].write_bytes(bytes(raw))
     code, out, err = run_cli(capsys, "predict", "-m", result.run_id, images, "-o", tmp_path / "p.csv")
     assert code == 2 and "SHA-256 mismatch" in err
+
+
+def test_predict_finds_each_images_own_mask_by_sub_path(make_folders, tmp_path, capsys):
+    """Class folders hold files of the same name (alpha/cell0.png, beta/cell0.png): each image gets its own mask
+    (masks/beta/cell0.png, never masks/alpha/cell0.png), so predict reproduces training's probabilities."""
+    root = make_folders(per_class=10)
+    result = run_training(build_config(None, tiny_overrides(root, masks="cell", masks_dir="masks", epochs=2,
+                                                             gradcam_samples=0)))
+    trained = pd.concat([pd.read_csv(mlflow.MlflowClient().download_artifacts(
+        result.run_id, f"evaluation/predictions_{s}.csv", str(tmp_path))) for s in ("val", "test")])
+    # the masks differ per class, so a borrowed mask would change the probabilities
+    out = tmp_path / "predictions.csv"
+    code, stdout, stderr = run_cli(capsys, "predict", "-m", result.run_id, root, "--masks-dir", root / "masks",
+                                   "-o", out)
+    assert code == 0, stderr
+    predicted = pd.read_csv(out)
+    assert len(predicted) == 30  # the images only: the masks folder inside the input folder is not predicted
+    key = lambda p: "/".join(str(p).split("/")[-2:])  # noqa: E731  class/file
+    merged = trained.assign(key=trained["file"].map(key)).merge(predicted.assign(key=predicted["file"].map(key)),
+                                                                on="key", suffixes=("_t", "_p"))
+    assert len(merged) == len(trained)  # every validation/test image shares its file name with 2 other classes
+    for cls in ("alpha", "beta", "gamma"):
+        assert np.allclose(merged[f"p_{cls}_t"], merged[f"p_{cls}_p"], atol=1e-5)
+
+
+def test_mask_lookup_prefers_the_longest_matching_sub_path(tmp_path):
+    from bloodml.data.masks import find_mask
+
+    for name in ("masks/alpha/cell0.png", "masks/beta/cell0.tif", "masks/cell0.png", "images/beta/cell0.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert find_mask(tmp_path / "images/beta/cell0.png", tmp_path / "masks") == tmp_path / "masks/beta/cell0.tif"
+    assert find_mask(tmp_path / "elsewhere/cell0.png", tmp_path / "masks") == tmp_path / "masks/cell0.png"
+    assert find_mask(tmp_path / "images/beta/cell1.png", tmp_path / "masks") is None
+    assert find_mask(tmp_path / "images/beta/cell0.png", tmp_path / "images") is None  # never the image itself

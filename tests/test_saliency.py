@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from bloodml.data.transforms import Preprocess
+from bloodml.data.input_spec import InputSpec
 from bloodml.evaluation.saliency import chance_level, gradcam_maps, pointing_hit, relevance_mass, saliency_scores
 from bloodml.models.classifier import BloodCellClassifier
 from bloodml.models.head import Head
@@ -35,6 +35,6 @@ def test_gradcam_runs_on_a_frozen_backbone():
     backbone = create_backbone(TINY_BACKBONE, pretrained=False)
     for p in backbone.parameters():
         p.requires_grad_(False)
-    model = BloodCellClassifier(Preprocess(), backbone, Head(backbone.feature_dim, 2), ["a", "b"], 32, "none")
+    model = BloodCellClassifier(InputSpec(image_size=32), backbone, Head(backbone.feature_dim, 2), ["a", "b"])
     maps, predicted = gradcam_maps(model, torch.rand(3, 3, 32, 32))
     assert maps.shape == (3, 32, 32) and maps.min() >= 0 and maps.max() <= 1 and predicted.shape == (3,)

@@ -18,9 +18,9 @@ def synthetic_table(n_per_class=(40, 20, 10), groups=None):
 
 def test_split_is_deterministic_stratified_and_sized():
     table = synthetic_table()
-    a = assign_splits(table, 0.15, 0.15, seed=7, near_distance=-1)
-    b = assign_splits(table, 0.15, 0.15, seed=7, near_distance=-1)
-    c = assign_splits(table, 0.15, 0.15, seed=8, near_distance=-1)
+    a = assign_splits(table, 0.15, 0.15, seed=7)
+    b = assign_splits(table, 0.15, 0.15, seed=7)
+    c = assign_splits(table, 0.15, 0.15, seed=8)
     assert list(a["split"]) == list(b["split"]) and list(a["split"]) != list(c["split"])
     counts = a.groupby(["label", "split"]).size().unstack()
     assert (counts > 0).all().all()  # every class in every split
@@ -31,24 +31,24 @@ def test_groups_never_straddle_splits():
     groups = [f"patient{i // 4}" for i in range(70)]
     table = synthetic_table(groups=groups)
     table["label"] = [f"c{(i // 4) % 2}" for i in range(70)]  # one label per patient
-    result = assign_splits(table, 0.2, 0.2, seed=1, near_distance=-1)
+    result = assign_splits(table, 0.2, 0.2, seed=1)
     assert (result.groupby("group")["split"].nunique() == 1).all()
 
 
 def test_copies_are_grouped_and_conflicting_labels_refused():
     table = synthetic_table()
     table.loc[5, "sha256"] = table.loc[6, "sha256"]  # exact copy
-    table.loc[8, "phash"] = format(int(table.loc[9, "phash"], 16) ^ 0b101, "016x")  # 2 bits apart
-    groups = duplicate_groups(table, near_distance=4)
+    near = [(8, 9, 0.95)]  # a near-copy pair confirmed by the second look
+    groups = duplicate_groups(table, near)
     assert groups[5] == groups[6] and groups[8] == groups[9] and groups.nunique() == 68
     table.loc[6, "label"] = "c2"
     with pytest.raises(BloodmlError, match="carry different labels"):
-        assign_splits(table, 0.15, 0.15, seed=0, near_distance=4)
+        assign_splits(table, 0.15, 0.15, seed=0, copies=near)
 
 
 def test_class_too_small_for_the_split():
     with pytest.raises(BloodmlError, match="class 'c2' has 2 independent image"):
-        assign_splits(synthetic_table((40, 20, 2)), 0.15, 0.15, seed=0, near_distance=-1)
+        assign_splits(synthetic_table((40, 20, 2)), 0.15, 0.15, seed=0)
 
 
 @needs_allidb2

@@ -130,3 +130,22 @@ def test_bad_study_files(tmp_path):
     bad.write_text("factors: {colour: [red]}\n")
     with pytest.raises(BloodmlError, match="not a run parameter"):
         load_study(bad)
+
+
+def test_study_takes_run_parameters_like_every_entry_point(make_wbc, tmp_path, capsys):
+    """`mlflow run . -e study -P config=... -P data=... -P epochs=...` calls `bloodml study --config ... --data ...
+    --epochs ...`: the run parameters override the study file's settings for every run."""
+    from clihelp import run_cli
+
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(data=tmp_path / "not-here", backbone=TINY_BACKBONE).replace(
+        "protocol: {type: cv, folds: 3, repeats: 1}", "protocol: {type: holdout}").replace(
+        "controls: {background_only: true}", ""))
+    data = make_wbc(per_class=9)
+    code, out, err = run_cli(capsys, "study", "--config", path, "--data", data, "--epochs", "1",
+                             "--out", tmp_path / "report")
+    assert code == 0, err
+    folds = [r for r in mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+             if r.data.tags.get("bloodml.task") == "study-fold"]
+    assert len(folds) == 3 and {r.data.params["data"] for r in folds} == {str(data)}
+    assert {r.data.params["epochs"] for r in folds} == {"1"}

@@ -8,13 +8,14 @@ import torch.nn.functional as F
 from bloodml.config import build_config
 from bloodml.data.audit import find_leaks
 from bloodml.data.dataset import ImageSet, preload
-from bloodml.data.transforms import Preprocess, augment, build_augmentation, fit_preprocess, rgb_to_hsv
+from bloodml.data.input_spec import InputSpec
+from bloodml.data.transforms import Preprocess, augment, build_augmentation, fit_input_spec, rgb_to_hsv
 from bloodml.models.head import Head
 from bloodml.models.registry import create_backbone
 from bloodml.train import build_trainer, run_training
 from bloodml.training.balancing import class_weights, epoch_indices
 from bloodml.training.early_stopping import EarlyStopping
-from bloodml.training.features import extract_features, network_input
+from bloodml.training.features import extract_features
 from bloodml.training.loop import HeadTrainer, TrainSettings, fit
 from bloodml.training.regularisation import penalised, penalty
 from conftest import TINY_BACKBONE, tiny_overrides
@@ -63,9 +64,9 @@ def test_validation_is_never_augmented_and_balancing_touches_training_only(make_
     backbone = create_backbone(TINY_BACKBONE, pretrained=False)
     preprocess = Preprocess()
     train, val = _imageset(12), _imageset(6, seed=1)
-    trainer = build_trainer(config, backbone, preprocess, Head(backbone.feature_dim, 2), train, val, ["a", "b"],
+    trainer = build_trainer(config, InputSpec(), backbone, Head(backbone.feature_dim, 2), train, val, ["a", "b"],
                             progress=False)
-    plain_val = extract_features(backbone, preprocess, val.images, val.regions, "none", progress=False)
+    plain_val = extract_features(backbone, preprocess, val.images, val.regions, InputSpec(), progress=False)
     assert torch.allclose(trainer.val_features, plain_val)
     assert trainer.train_features.shape[0] == 3 and not torch.allclose(trainer.train_features[0], trainer.train_features[1])
 
@@ -107,10 +108,11 @@ def test_logged_model_is_the_best_epoch(make_wbc):
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_loss")
     best = min(history, key=lambda m: m.value)
     assert result.best_epoch == best.step and result.metrics["best_epoch"] == best.step
-    val = preload(result.data.split("val"), result.classes, config.image_size)
+    spec = result.model.spec
+    val = preload(result.data.split("val"), result.classes, spec)
     model = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model")
     with torch.no_grad():
-        probabilities = model(network_input(val.images, val.regions, config.masks))
+        probabilities = model(spec.network_input(val.images, val.regions))
     loss = F.nll_loss(torch.log(probabilities), val.labels)
     assert float(loss) == pytest.approx(best.value, abs=1e-5)
 
@@ -141,10 +143,11 @@ def test_penalties_are_exact_and_shrink_weights():
 def test_dataset_normalisation_comes_from_training_images_only(make_wbc):
     root = make_wbc(per_class=12, classes=("alpha", "beta"))
     result = run_training(build_config(None, tiny_overrides(root, normalize="dataset", epochs=1)))
-    train = preload(result.data.split("train"), result.classes, 32)
-    everything = preload(result.data.table, result.classes, 32)
-    expected = network_input(train.images, train.regions, "none").mean(dim=(0, 2, 3))
-    overall = network_input(everything.images, everything.regions, "none").mean(dim=(0, 2, 3))
+    spec = InputSpec(image_size=32)
+    train = preload(result.data.split("train"), result.classes, spec)
+    everything = preload(result.data.table, result.classes, spec)
+    expected = spec.network_input(train.images, train.regions).mean(dim=(0, 2, 3))
+    overall = spec.network_input(everything.images, everything.regions).mean(dim=(0, 2, 3))
     assert torch.allclose(result.model.preprocess.mean.flatten(), expected, atol=1e-5)
     assert not torch.allclose(expected, overall, atol=1e-4)
 
@@ -153,17 +156,17 @@ def test_colour_spaces_and_stain_normalisation():
     x = torch.zeros(1, 3, 2, 2)
     x[0, 0] = 1.0  # pure red
     assert torch.allclose(rgb_to_hsv(x)[0, :, 0, 0], torch.tensor([0.0, 1.0, 1.0]))
-    assert torch.equal(Preprocess("bgr", normalize="per_image").colour(x), x.flip(1))
-    grey = Preprocess("gray").colour(x)
+    assert torch.equal(Preprocess(InputSpec(color_space="bgr", normalize="per_image")).colour(x), x.flip(1))
+    grey = Preprocess(InputSpec(color_space="gray")).colour(x)
     assert torch.allclose(grey[0, 0], grey[0, 2]) and float(grey[0, 0, 0, 0]) == pytest.approx(0.299)
-    assert fit_preprocess(x, "bgr", "none", "imagenet", (0.1, 0.2, 0.3), (1, 2, 3)).mean.flatten().tolist() == \
-        pytest.approx([0.3, 0.2, 0.1])
+    bgr = InputSpec(color_space="bgr", mean=(0.1, 0.2, 0.3), std=(1, 2, 3))
+    assert list(fit_input_spec(bgr, x).mean) == pytest.approx([0.3, 0.2, 0.1])
     pale = torch.rand(4, 3, 8, 8) * 0.2 + 0.6
     dark = pale * 0.6
-    grey_world = Preprocess(stain_norm="grey_world").colour(pale)
+    grey_world = Preprocess(InputSpec(stain_norm="grey_world")).colour(pale)
     channel_means = grey_world.mean(dim=(2, 3))
     assert torch.allclose(channel_means, channel_means.mean(dim=1, keepdim=True), atol=0.02)
-    reinhard = fit_preprocess(pale, "rgb", "reinhard", "imagenet", (0.5,) * 3, (0.5,) * 3)
+    reinhard = Preprocess(fit_input_spec(InputSpec(stain_norm="reinhard", mean=(0.5,) * 3, std=(0.5,) * 3), pale))
     assert torch.allclose(reinhard.colour(dark).mean(), pale.mean(), atol=0.05)  # dark stain mapped to the reference
 
 

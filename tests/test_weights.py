@@ -75,3 +75,38 @@ def test_weights_that_do_not_fit_or_execute_code_are_refused(tmp_path):
 def test_unknown_backbone():
     with pytest.raises(BloodmlError, match="backbone='resnet5000' is unknown"):
         create_backbone("resnet5000")
+
+
+def test_a_timm_error_without_pretrained_weights_is_not_called_a_download_failure(monkeypatch):
+    import timm
+
+    from bloodml.models.registry import create_backbone
+
+    def broken(name, pretrained=False, **kwargs):
+        raise TypeError("unexpected keyword in model config")
+
+    monkeypatch.setattr(timm, "create_model", broken)
+    monkeypatch.setattr(timm, "list_models", lambda *a, **k: ["convnext_atto"])
+    with pytest.raises(TypeError, match="unexpected keyword"):  # a bug, reported as itself
+        create_backbone("convnext_atto", pretrained=False)
+
+    def offline(name, pretrained=False, **kwargs):
+        raise OSError("We couldn't connect to the hub")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(BloodmlError, match="ImageNet weights could not be downloaded"):
+        create_backbone("convnext_atto", pretrained=True)
+
+
+def test_metric_buffer_keeps_metrics_only_through_outages(monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from bloodml.tracking import buffer as B
+
+    buffer = B.MetricBuffer("run")
+    monkeypatch.setattr(B, "log_metric_batch", lambda *a: (_ for _ in ()).throw(MlflowException("503")))
+    buffer.log({"val_loss": 1.0}, 1)
+    assert len(buffer.pending) == 1 and buffer.unreachable  # an outage: kept for later
+    monkeypatch.setattr(B, "log_metric_batch", lambda *a: (_ for _ in ()).throw(KeyError("bug")))
+    with pytest.raises(KeyError):  # a programming error is not relabelled "server unreachable"
+        buffer.log({"val_loss": 0.9}, 2)

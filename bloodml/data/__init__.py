@@ -1,1 +1,2 @@
-"""Data layer: read samples, decode masks, group duplicates, split, audit, preload. Knows nothing of MLflow."""
+"""Data layer: read samples, decode masks, find copies, split, audit, preload, and the input specification (what
+the network sees). Knows nothing of MLflow."""

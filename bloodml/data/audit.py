@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..errors import BloodmlError
-from .hashing import hash_image, hash_matrix
+from .copies import COPY_SIMILARITY
+from .hashing import add_hashes, near_copies
 from .images import is_image_file
 
 
@@ -21,45 +21,42 @@ class Leak:
     path_a: str
     split_b: str
     path_b: str
-    distance: int = 0
+    similarity: float = 1.0
 
     def line(self) -> str:
-        extra = f" (hash distance {self.distance})" if self.kind == "near-duplicate" else ""
+        extra = f" (similarity {self.similarity:.2f})" if self.kind == "near-duplicate" else ""
         return f"{self.kind}: {self.split_a}/{self.path_a} <-> {self.split_b}/{self.path_b}{extra}"
 
 
 def _with_hashes(table: pd.DataFrame) -> pd.DataFrame:
-    table = table.copy()
-    if "sha256" not in table or "phash" not in table or table[["sha256", "phash"]].isin(["", None]).any().any():
-        hashes = [hash_image(p) for p in table["path"]]
-        table["sha256"] = [h[0] for h in hashes]
-        table["phash"] = [h[1] for h in hashes]
-    return table
+    if "fingerprint" in table and "sha256" in table:
+        return table
+    return add_hashes(table.drop(columns=["sha256", "phash"], errors="ignore"), progress=False)
 
 
-def find_leaks(table: pd.DataFrame, near_distance: int = 6) -> list[Leak]:
-    """Every cross-split pair sharing a resolved path, a content hash, or a perceptual hash within the distance.
+def find_leaks(table: pd.DataFrame, near_distance: int = 8, similarity: float = COPY_SIMILARITY,
+               copies: list | None = None) -> list[Leak]:
+    """Every cross-split pair sharing a resolved path, the same bytes, or confirmed as a near copy.
 
-    ``table`` needs columns path and split; sha256/phash are computed from the files when absent.
-    """
-    table = _with_hashes(table).reset_index(drop=True)
+    ``table`` needs columns path and split (hashes are computed from the files when absent); ``copies`` are the
+    near-copy pairs (i, j, similarity) by position when the caller found them already."""
+    table = table.reset_index(drop=True)
     leaks: list[Leak] = []
     resolved = table["path"].map(lambda p: str(Path(p).resolve()))
-    for key, kind in ((resolved, "path"), (table["sha256"], "content")):
+    hashed = _with_hashes(table)
+    for key, kind in ((resolved, "path"), (hashed["sha256"], "content")):
         for rows in table.groupby(key).groups.values():
             members = table.loc[rows]
             for (i, a), (j, b) in combinations(members.iterrows(), 2):
                 if a["split"] != b["split"]:
                     leaks.append(Leak(kind, a["split"], a["path"], b["split"], b["path"]))
-    if near_distance >= 0 and len(table):
-        distance = hash_matrix(list(table["phash"]))
-        split = table["split"].to_numpy()
-        close = np.argwhere(np.triu(distance <= near_distance, k=1) & (split[:, None] != split[None, :]))
-        already = {(l.path_a, l.path_b) for l in leaks} | {(l.path_b, l.path_a) for l in leaks}
-        for i, j in close:
-            a, b = table.iloc[i], table.iloc[j]
-            if (a["path"], b["path"]) not in already:
-                leaks.append(Leak("near-duplicate", a["split"], a["path"], b["split"], b["path"], int(distance[i, j])))
+    if copies is None:
+        copies = near_copies(hashed, near_distance, similarity)
+    already = {(l.path_a, l.path_b) for l in leaks} | {(l.path_b, l.path_a) for l in leaks}
+    for i, j, score in copies:
+        a, b = table.iloc[int(i)], table.iloc[int(j)]
+        if a["split"] != b["split"] and (a["path"], b["path"]) not in already:
+            leaks.append(Leak("near-duplicate", a["split"], a["path"], b["split"], b["path"], float(score)))
     return leaks
 
 
@@ -75,8 +72,9 @@ def table_from_manifest(manifest_csv: Path, root: Path | None = None) -> pd.Data
     base = Path(root) if root else manifest_csv.parent
     table["path"] = table["path"].map(lambda p: str(p if Path(p).is_absolute() else base / p))
     missing = [p for p in table["path"] if not Path(p).is_file()]
-    if missing and ("sha256" not in table or "phash" not in table):
-        raise BloodmlError(f"{missing[0]}: listed in the manifest but not found; pass --root <data folder>.")
+    if missing:
+        raise BloodmlError(f"{missing[0]}: listed in the manifest but not found (the audit compares the images "
+                           f"themselves); pass --root <data folder>.")
     return table
 
 

@@ -1,4 +1,5 @@
-"""Preloading: every image decoded once, resized, and kept as uint8 tensors with its region map."""
+"""Preloading: every image decoded once, resized, and kept as uint8 tensors with its region map, as an
+:class:`~bloodml.data.input_spec.InputSpec` says (size, mask codes, stray tolerance)."""
 
 from __future__ import annotations
 
@@ -13,34 +14,38 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .images import read_rgb
-from .masks import load_regions
+from .input_spec import InputSpec
+from .masks import read_regions
 
 
 @dataclass
 class ImageSet:
-    """N images at one size: ``images`` (N,3,S,S) uint8 RGB, ``regions`` (N,S,S) uint8, ``has_mask`` (N,) bool."""
+    """N images at one size: ``images`` (N,3,S,S) uint8 RGB, ``regions`` (N,S,S) uint8, ``has_mask`` (N,) bool,
+    ``strays`` (N,) the number of stray mask pixels that were filled from their neighbourhood."""
 
     images: torch.Tensor
     regions: torch.Tensor
     has_mask: torch.Tensor
     labels: torch.Tensor
+    strays: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, index) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageSet(self.images[index], self.regions[index], self.has_mask[index], self.labels[index])
+        strays = self.strays[index] if self.strays is not None else None
+        return ImageSet(self.images[index], self.regions[index], self.has_mask[index], self.labels[index], strays)
 
 
-def load_sample(path: str, mask_path: str | None, size: int, mask_codes: dict | None):
-    """One image (3,S,S) uint8 and its region map (S,S) uint8 (zeros, has_mask False, when there is no mask).
+def load_sample(path: str, mask_path: str | None, spec: InputSpec):
+    """One image (3,S,S) uint8, its region map (S,S) uint8 (zeros when there is no mask), whether it has a mask,
+    and how many stray mask pixels were filled.
 
     Memoised per process on the files' paths, sizes and modification times (studies load the same images for
     every fold and configuration); a changed file is read again."""
-    codes_key = tuple(sorted(mask_codes.items())) if mask_codes else None
     stamp = tuple(_stat(p) for p in (path, mask_path))
-    return _load_sample(path, mask_path, size, codes_key, stamp)
+    return _load_sample(path, mask_path, spec.image_size, spec.mask_codes, spec.mask_stray_tolerance, stamp)
 
 
 def _stat(path: str | None):
@@ -54,29 +59,47 @@ def _stat(path: str | None):
 
 
 @functools.lru_cache(maxsize=20_000)
-def _load_sample(path: str, mask_path: str | None, size: int, codes_key, stamp):
-    mask_codes = dict(codes_key) if codes_key else None
+def _load_sample(path: str, mask_path: str | None, size: int, codes_text: str, tolerance: float, stamp):
     rgb = read_rgb(path)
-    regions = None
+    regions, strays = None, 0
     if mask_path:
-        regions = load_regions(mask_path, rgb.shape[:2], mask_codes)
+        codes = InputSpec(mask_codes=codes_text).codes()
+        regions, strays = read_regions(mask_path, rgb.shape[:2], codes, tolerance)
     image = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
     if regions is None:
         region_map = np.zeros((size, size), dtype=np.uint8)
     else:
         region_map = np.asarray(Image.fromarray(regions).resize((size, size), Image.NEAREST))
-    return torch.from_numpy(image.copy()).permute(2, 0, 1), torch.from_numpy(region_map.copy()), regions is not None
+    return (torch.from_numpy(image.copy()).permute(2, 0, 1), torch.from_numpy(region_map.copy()),
+            regions is not None, strays)
 
 
-def preload(table: pd.DataFrame, classes: list[str], size: int, mask_codes: dict | None = None,
-            progress: bool = True) -> ImageSet:
-    images, regions, has_mask = [], [], []
+def load_batch(paths, mask_paths, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and region maps of the given files (``mask_paths`` entries may be None)."""
+    samples = [load_sample(str(p), m if isinstance(m, str) and m else None, spec) for p, m in zip(paths, mask_paths)]
+    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+
+
+def preload(table: pd.DataFrame, classes: list[str], spec: InputSpec, progress: bool = True) -> ImageSet:
+    images, regions, has_mask, strays = [], [], [], []
     rows = table[["path", "mask_path"]].itertuples(index=False)
     for path, mask_path in tqdm(rows, total=len(table), desc="loading images", disable=not progress, leave=False):
-        image, region, found = load_sample(path, mask_path if isinstance(mask_path, str) else None, size, mask_codes)
+        image, region, found, stray = load_sample(path, mask_path if isinstance(mask_path, str) else None, spec)
         images.append(image)
         regions.append(region)
         has_mask.append(found)
+        strays.append(stray)
     index = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([index[label] for label in table["label"]], dtype=torch.long)
-    return ImageSet(torch.stack(images), torch.stack(regions), torch.tensor(has_mask), labels)
+    return ImageSet(torch.stack(images), torch.stack(regions), torch.tensor(has_mask), labels, torch.tensor(strays))
+
+
+def stray_note(sets) -> str:
+    """One line on masks whose stray pixels were filled (empty when none had any)."""
+    counts = torch.cat([s.strays for s in sets if s.strays is not None])
+    masks = torch.cat([s.has_mask for s in sets])
+    touched = int((counts > 0).sum())
+    if not touched:
+        return ""
+    return (f"{touched} of {int(masks.sum())} masks held stray pixel values (at most {int(counts.max())} pixels in "
+            f"one); each took the region of its neighbourhood")

@@ -1,17 +1,21 @@
-"""Content hashes (exact copies) and perceptual hashes (near copies) of images."""
+"""Hashing the files of a dataset: content hashes (exact copies) and near-copy detection (see :mod:`.copies`).
+
+This module reads the files; :mod:`.copies` holds the pure image arithmetic.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
-import imagehash
 import numpy as np
-from PIL import Image
+import pandas as pd
+from tqdm.auto import tqdm
 
+from .copies import COPY_SIMILARITY, Canvas, candidate_pairs, fingerprint, hash_hex, hinted_similarity, \
+    similarity_bar as _bar
 from .images import read_rgb
-
-HASH_SIZE = 8  # 64-bit perceptual hash
 
 
 def file_sha256(path: str | Path) -> str:
@@ -22,24 +26,51 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def perceptual_hash(rgb: np.ndarray) -> str:
-    """DCT perceptual hash of an RGB array as 16 hex digits; robust to re-encoding and small resizes."""
-    return str(imagehash.phash(Image.fromarray(rgb), hash_size=HASH_SIZE))
+# Work already done in this process, by file content (studies, tuning and tests look at the same files again).
+_FINGERPRINTS: dict[str, np.ndarray] = {}
+_SIMILARITIES: dict[tuple, float] = {}
+_MEMO_LIMIT = 200_000
 
 
-def hamming(a: str, b: str) -> int:
-    return bin(int(a, 16) ^ int(b, 16)).count("1")
+def _remember(memo: dict, key, value):
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
-def hash_matrix(hashes: list[str]) -> np.ndarray:
-    """Pairwise Hamming distances between hex hashes (n x n, int)."""
-    bits = np.array([[int(c) for c in format(int(h, 16), f"0{HASH_SIZE * HASH_SIZE}b")] for h in hashes],
-                    dtype=np.uint8)
-    if len(bits) == 0:
-        return np.zeros((0, 0), dtype=int)
-    return (bits[:, None, :] != bits[None, :, :]).sum(axis=2)
+def add_hashes(table: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """Columns ``sha256`` (file bytes), ``phash`` (64-bit perceptual hash, hex) and ``fingerprint`` (the hashes of
+    every flip/rotation and crop, for the near-copy search; not written to manifests)."""
+    sha, prints = [], []
+    for path in tqdm(table["path"], desc="hashing images", disable=not progress, leave=False):
+        digest = file_sha256(path)
+        sha.append(digest)
+        known = _FINGERPRINTS.get(digest)
+        prints.append(known if known is not None else _remember(_FINGERPRINTS, digest, fingerprint(read_rgb(path))))
+    return table.assign(sha256=sha, phash=[hash_hex(p[0]) for p in prints], fingerprint=prints)
 
 
-def hash_image(path: str | Path) -> tuple[str, str]:
-    """(sha256 of the file, perceptual hash of its pixels)."""
-    return file_sha256(path), perceptual_hash(read_rgb(path))
+def near_copies(table: pd.DataFrame, near_distance: int, similarity: float = COPY_SIMILARITY,
+                progress: bool = False) -> list[tuple[int, int, float]]:
+    """(i, j, similarity) by position in ``table`` (with :func:`add_hashes` columns) for every pair whose hashes
+    are within ``near_distance`` bits (in any flip/rotation or crop) and whose pixels pass the second look.
+    Exact copies (same bytes) need no look: they are grouped by ``sha256``. ``near_distance`` < 0: none."""
+    if near_distance < 0 or len(table) < 2:
+        return []
+    fingerprints = np.stack(list(table["fingerprint"]))
+    candidates = candidate_pairs(fingerprints, near_distance)
+    sha = table["sha256"].to_numpy()
+    candidates = candidates[sha[candidates[:, 0]] != sha[candidates[:, 1]]] if len(candidates) else candidates
+    paths = list(table["path"])
+    canvas = functools.lru_cache(maxsize=4096)(lambda i: Canvas.of(read_rgb(paths[i])))
+    confirmed = []
+    for row in tqdm(candidates, desc="checking near copies", disable=not progress, leave=False):
+        i, j, _, variant, swapped = (int(v) for v in row)
+        key = (sha[i], sha[j], variant, swapped)
+        score = _SIMILARITIES.get(key)
+        if score is None:
+            score = _remember(_SIMILARITIES, key, hinted_similarity(canvas(i), canvas(j), variant, swapped))
+        if score >= similarity and score >= _bar(similarity, canvas(i), canvas(j)):
+            confirmed.append((i, j, score))
+    return confirmed

@@ -1,4 +1,5 @@
-"""`bloodml data inspect`: what a dataset holds, before any training."""
+"""`bloodml data inspect`: what a dataset holds, before any training (the same pipeline as a run, up to the
+split)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from collections import Counter
 from PIL import Image
 
 from ..config import RunConfig
-from .prepare import add_hashes, read_labelled
-from .splits import duplicate_groups
+from .prepare import grouped_data
 
 
 def inspect_dataset(config: RunConfig) -> list[str]:
-    table, fmt, root, notes = read_labelled(config)
-    lines = [f"data: {root} (format {fmt}), {len(table)} images"]
-    lines += [f"note: {n}" for n in notes]
+    data = grouped_data(config, progress=False, mask_mode="none")
+    table = data.table
+    lines = [f"data: {data.root} (format {data.format}), {len(table)} images"]
+    lines += [f"note: {n}" for n in data.notes]
     for label, count in table["label"].value_counts().sort_index().items():
         with_masks = int(table.loc[table["label"] == label, "mask_path"].notna().sum())
         lines.append(f"  class {label}: {count} images, {with_masks} with masks")
@@ -27,13 +28,20 @@ def inspect_dataset(config: RunConfig) -> list[str]:
     lines.append(f"image sizes: width {min(widths)}-{max(widths)}, height {min(heights)}-{max(heights)}; "
                  f"most common {', '.join(f'{w}x{h} ({n})' for (w, h), n in sizes.most_common(3))}")
     lines.append(f"masks found: {int(table['mask_path'].notna().sum())} of {len(table)}")
-    hashed = add_hashes(table, progress=False)
-    exact = int(hashed["sha256"].duplicated().sum())
-    groups = duplicate_groups(hashed, config.near_duplicate_distance)
-    near = int((groups.value_counts() > 1).sum())
-    lines.append(f"duplicates: {exact} exact copies; {near} group(s) of copies/near-copies "
-                 f"(perceptual-hash distance <= {config.near_duplicate_distance}), kept together when splitting")
-    for group, members in hashed.groupby(groups):
-        if len(members) > 1:
-            lines.append("  copies: " + " = ".join(str(p) for p in members["path"]))
+    exact = int(table["sha256"].duplicated().sum())
+    similarity = {frozenset((int(i), int(j))): s for i, j, s in data.copies}
+    groups = [members for _, members in table.groupby("group") if len(members) > 1 and
+              (members["sha256"].duplicated().any() or any(frozenset(p) in similarity for p in _pairs(members.index)))]
+    lines.append(f"duplicates: {exact} exact copies; {len(groups)} group(s) of copies/near-copies (hash distance <= "
+                 f"{config.near_duplicate_distance} in any flip/rotation or crop, confirmed by a fine-structure "
+                 f"similarity >= {config.copy_similarity}), kept together when splitting")
+    for members in groups:
+        scores = [similarity[k] for k in map(frozenset, _pairs(members.index)) if k in similarity]
+        extra = f"  (similarity {min(scores):.2f})" if scores else "  (same bytes)"
+        lines.append("  copies: " + " = ".join(str(p) for p in members["path"]) + extra)
     return lines
+
+
+def _pairs(index):
+    items = list(index)
+    return [(a, b) for k, a in enumerate(items) for b in items[k + 1:]]

@@ -1,18 +1,21 @@
-"""Expert masks: colour/grey codes -> region label map (0 background, 1 cytoplasm, 2 nucleus); mask modes.
+"""Expert masks: which mask file belongs to an image, colour/grey codes -> region label map (0 background,
+1 cytoplasm, 2 nucleus), and the mask modes.
 
-Pure functions on numpy arrays; the only file access goes through :mod:`bloodml.data.images`.
+Pure functions on numpy arrays; file access goes through :mod:`bloodml.data.images`.
 """
 
 from __future__ import annotations
 
+import glob
 import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import distance_transform_edt
 
 from ..errors import BloodmlError
-from .images import read_mask_array
+from .images import is_image_file, read_mask_array
 
 BACKGROUND, CYTOPLASM, NUCLEUS = 0, 1, 2
 REGION_NAMES = {"background": BACKGROUND, "cytoplasm": CYTOPLASM, "nucleus": NUCLEUS, "cell": CYTOPLASM}
@@ -38,6 +41,31 @@ DEFAULT_RGB_TABLES = (
 )
 # Lossy formats blur codes; a pixel within this distance of exactly one code takes that code.
 CODE_TOLERANCE = 24
+STRAY = 255  # region value of a pixel that matches no code, before it is filled from its neighbourhood
+MASK_LOOKUP = "the mask folder's file with the image's sub-path (longest match), any image extension"
+
+
+def find_mask(image: str | Path, masks_root: str | Path) -> Path | None:
+    """The mask of ``image`` under ``masks_root``: the file whose path relative to ``masks_root`` ends with the
+    longest part of the image's own path (``beta/cell0.png`` -> ``masks/beta/cell0.*`` before ``masks/cell0.*``),
+    any image extension. Training (folders with ``masks_dir``) and prediction (``--masks-dir``) both use it, so an
+    image gets the same mask in both. None when nothing matches; the image itself never counts."""
+    image, root = Path(image), Path(masks_root)
+    parts = image.with_suffix("").parts
+    own = image.resolve()
+    for depth in range(len(parts), 0, -1):
+        tail = Path(*parts[-depth:])
+        if tail.is_absolute() or ".." in tail.parts:
+            continue
+        folder = root / tail.parent
+        if not folder.is_dir():
+            continue
+        found = sorted(p for p in folder.glob(f"{glob.escape(tail.name)}.*")
+                       if p.is_file() and is_image_file(p) and p.resolve() != own)
+        if found:
+            return found[0]
+    return None
+
 
 
 def parse_mask_codes(text: str) -> dict:
@@ -65,8 +93,9 @@ def parse_mask_codes(text: str) -> dict:
     return table
 
 
-def _match_table(values: np.ndarray, counts: np.ndarray, table: dict):
-    """Map each distinct value to a region via the nearest code; None if some pixels match no code."""
+def _match_table(values: np.ndarray, counts: np.ndarray, table: dict, tolerance: float):
+    """Map each distinct value to a region via the nearest code (``STRAY`` for values near none); None when the
+    stray pixels are more than ``tolerance`` of the mask (a foreign code, not a sliver of anti-aliasing)."""
     codes = np.array(list(table.keys()), dtype=np.float64).reshape(len(table), -1)
     regions = np.array(list(table.values()), dtype=np.uint8)
     vals = values.reshape(len(values), -1).astype(np.float64)
@@ -75,16 +104,26 @@ def _match_table(values: np.ndarray, counts: np.ndarray, table: dict):
     dist = np.abs(vals[:, None, :] - codes[None, :, :]).max(axis=2)
     nearest = dist.argmin(axis=1)
     ok = dist[np.arange(len(vals)), nearest] <= CODE_TOLERANCE
-    # Tolerate a sliver of stray pixels (anti-aliasing) but not a foreign code.
-    if counts[~ok].sum() > 0.005 * counts.sum():
+    if counts[~ok].sum() > tolerance * counts.sum() or not ok.any():
         return None
     mapped = regions[nearest]
-    mapped[~ok] = BACKGROUND
+    mapped[~ok] = STRAY
     return mapped
 
 
-def decode_mask(array: np.ndarray, codes: dict | None = None, source: str = "mask") -> np.ndarray:
-    """(H, W) or (H, W, 3) code image -> (H, W) uint8 region map."""
+def fill_strays(regions: np.ndarray) -> np.ndarray:
+    """Each ``STRAY`` pixel takes the region of the nearest decoded pixel (so a stray pixel inside the nucleus
+    stays nucleus, not a hole of background)."""
+    stray = regions == STRAY
+    if not stray.any():
+        return regions
+    nearest = distance_transform_edt(stray, return_distances=False, return_indices=True)
+    return regions[tuple(nearest)]
+
+
+def decode_mask_counted(array: np.ndarray, codes: dict | None = None, source: str = "mask",
+                        tolerance: float = 0.01) -> tuple[np.ndarray, int]:
+    """(H, W) or (H, W, 3) code image -> ((H, W) uint8 region map, number of stray pixels filled)."""
     if array.ndim == 2:
         flat = array.reshape(-1)
         tables = (codes,) if codes else DEFAULT_GREY_TABLES
@@ -94,19 +133,28 @@ def decode_mask(array: np.ndarray, codes: dict | None = None, source: str = "mas
     values, inverse, counts = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
     fits = []
     for order, table in enumerate(tables):
-        mapped = _match_table(values, counts, table)
+        mapped = _match_table(values, counts, table, tolerance)
         if mapped is not None:
-            # Prefer the table that explains the mask with the fewest unused codes (0/255 is a binary cell mask).
-            unused = len(table) - len(np.unique(mapped))
-            fits.append((unused, order, mapped))
+            # Prefer fewer stray pixels, then the table with the fewest unused codes (0/255 is a binary cell mask).
+            strays = int(counts[mapped == STRAY].sum())
+            unused = len(table) - len(np.unique(mapped[mapped != STRAY]))
+            fits.append((strays, unused, order, mapped))
     if fits:
-        mapped = min(fits, key=lambda fit: fit[:2])[2]
-        return mapped[inverse.reshape(-1)].reshape(array.shape[:2])
+        strays, _, _, mapped = min(fits, key=lambda fit: fit[:3])
+        regions = mapped[inverse.reshape(-1)].reshape(array.shape[:2])
+        return fill_strays(regions), strays
     shown = ", ".join(str(tuple(v) if np.ndim(v) else int(v)) for v in values[np.argsort(-counts)][:5])
     raise BloodmlError(
         f"{source}: mask codes {shown} are not recognised; pass mask_codes, for example "
-        f"'0=background,128=cytoplasm,255=nucleus' or '255/255/255=background;0/0/255=cytoplasm;0/255/255=nucleus'."
+        f"'0=background,128=cytoplasm,255=nucleus' or '255/255/255=background;0/0/255=cytoplasm;0/255/255=nucleus' "
+        f"(more than mask_stray_tolerance={tolerance:g} of its pixels match no code)."
     )
+
+
+def decode_mask(array: np.ndarray, codes: dict | None = None, source: str = "mask",
+                tolerance: float = 0.01) -> np.ndarray:
+    """(H, W) or (H, W, 3) code image -> (H, W) uint8 region map (stray pixels filled from their neighbourhood)."""
+    return decode_mask_counted(array, codes, source, tolerance)[0]
 
 
 def resize_nearest(regions: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -115,10 +163,12 @@ def resize_nearest(regions: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(regions).resize((size_hw[1], size_hw[0]), Image.NEAREST))
 
 
-def load_regions(mask_path: Path, image_hw: tuple[int, int], codes: dict | None = None) -> np.ndarray:
-    """Read a mask file, decode its codes and resize it (nearest-neighbour) to its image's size."""
+def read_regions(mask_path: Path, image_hw: tuple[int, int], codes: dict | None = None,
+                 tolerance: float = 0.01) -> tuple[np.ndarray, int]:
+    """Read a mask file, decode its codes and resize it (nearest-neighbour) to its image's size.
+    Returns (region map, number of stray pixels that were filled)."""
     array = read_mask_array(mask_path)
-    regions = decode_mask(array, codes, source=str(mask_path))
+    regions, strays = decode_mask_counted(array, codes, str(mask_path), tolerance)
     mh, mw = regions.shape
     ih, iw = image_hw
     # Masks may come at another resolution (ALL-IDB2: 257 px masks for 103 px images) but must keep the shape.
@@ -127,4 +177,9 @@ def load_regions(mask_path: Path, image_hw: tuple[int, int], codes: dict | None 
             f"{mask_path}: mask is {mw}x{mh} but its image is {iw}x{ih} (different aspect ratio); "
             f"pair each image with its own mask or fix the mask file."
         )
-    return resize_nearest(regions, image_hw)
+    return resize_nearest(regions, image_hw), strays
+
+
+def load_regions(mask_path: Path, image_hw: tuple[int, int], codes: dict | None = None,
+                 tolerance: float = 0.01) -> np.ndarray:
+    return read_regions(mask_path, image_hw, codes, tolerance)[0]

@@ -1,31 +1,31 @@
-"""The data pipeline of one run: read -> label -> check masks -> hash -> split -> audit. No MLflow here."""
+"""The data pipeline of one run, as named steps: read -> label -> check masks -> hash and group copies -> split
+-> audit. Training, tuning, studies and `data inspect` all go through it. No MLflow here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..errors import BloodmlError
 from .audit import find_leaks
-from .hashing import hash_image
+from .hashing import add_hashes, near_copies
 from .labels import apply_class_names, class_order, default_class_names, drop_rare_classes, group_binary, \
     parse_class_names
-from .masks import parse_mask_codes
 from .readers import ReaderOptions, read_dataset
-from .splits import assign_splits
+from .splits import assign_splits, check_group_labels, drop_conflicting_copies, duplicate_groups
 
 
 @dataclass
 class PreparedData:
-    table: pd.DataFrame  # path, label, mask_path, group, source, sha256, phash, split
+    table: pd.DataFrame  # path, label, mask_path, group, source, sha256, phash, fingerprint[, split]
     classes: list[str]
     root: Path
     format: str
     notes: list[str] = field(default_factory=list)
+    copies: list = field(default_factory=list)  # near-copy pairs (i, j, similarity) by row position
 
     def split(self, name: str) -> pd.DataFrame:
         return self.table.loc[self.table["split"] == name].reset_index(drop=True)
@@ -36,10 +36,6 @@ def reader_options(config: RunConfig) -> ReaderOptions:
                          label_column=config.label_column, mask_column=config.mask_column,
                          group_column=config.group_column, masks_dir=config.masks_dir,
                          image_suffix=config.image_suffix, mask_suffix=config.mask_suffix)
-
-
-def mask_codes(config: RunConfig) -> dict | None:
-    return parse_mask_codes(config.mask_codes) if config.mask_codes else None
 
 
 def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.DataFrame, str, Path, list[str]]:
@@ -65,21 +61,38 @@ def require_masks(table: pd.DataFrame, mask_mode: str) -> None:
         raise BloodmlError(f"{absent[0]}: mask file not found; fix the mask path or use masks=none.")
 
 
-def add_hashes(table: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    hashes = [hash_image(p) for p in tqdm(table["path"], desc="hashing images", disable=not progress, leave=False)]
-    return table.assign(sha256=[h[0] for h in hashes], phash=[h[1] for h in hashes])
+def group_copies(table: pd.DataFrame, config: RunConfig, progress: bool = True) -> tuple[pd.DataFrame, list,
+                                                                                    list[str]]:
+    """Hash every image, confirm near copies with a second look, leave out copies whose labels disagree, and give
+    copies (and the user's groups) one group. Returns (table with a 'group' column, the near-copy pairs, notes)."""
+    table = add_hashes(table.reset_index(drop=True), progress)
+    copies = near_copies(table, config.near_duplicate_distance, config.copy_similarity, progress)
+    table, copies, notes = drop_conflicting_copies(table, copies)
+    groups = duplicate_groups(table, copies)
+    check_group_labels(table, groups)
+    merged = int((groups.value_counts() > 1).sum())
+    exact = int(table["sha256"].duplicated().sum())
+    if merged:
+        notes.append(f"{merged} group(s) of copies or shared groups kept on one side of the split ({exact} exact "
+                     f"copies, {len(copies)} near-copy pairs confirmed by a second look)")
+    return table.assign(group=groups), copies, notes
+
+
+def grouped_data(config: RunConfig, workdir: Path | None = None, progress: bool = True,
+                 mask_mode: str | None = None) -> PreparedData:
+    """Read, label, check the masks ``mask_mode`` needs (default: the config's), hash and group copies: everything
+    before the split (studies make their own folds from it)."""
+    table, fmt, root, notes = read_labelled(config, workdir)
+    require_masks(table, config.masks if mask_mode is None else mask_mode)
+    table, copies, copy_notes = group_copies(table, config, progress)
+    return PreparedData(table, class_order(table), Path(root), fmt, notes + copy_notes, copies)
 
 
 def prepare(config: RunConfig, workdir: Path | None = None, progress: bool = True) -> PreparedData:
-    table, fmt, root, notes = read_labelled(config, workdir)
-    require_masks(table, config.masks)
-    table = add_hashes(table, progress)
-    table = assign_splits(table, config.val_fraction, config.test_fraction, config.seed,
-                          config.near_duplicate_distance)
-    leaks = find_leaks(table, config.near_duplicate_distance)
+    """:func:`grouped_data`, then the seeded, stratified, group-aware split, audited."""
+    data = grouped_data(config, workdir, progress)
+    table = assign_splits(data.table, config.val_fraction, config.test_fraction, config.seed, data.copies)
+    leaks = find_leaks(table, copies=data.copies)
     if leaks:  # cannot happen by construction; refuse to train if it ever does
         raise BloodmlError(f"internal split check failed: {leaks[0].line()}; please report this.")
-    copies = int((table.groupby("group").size() > 1).sum())
-    if copies:
-        notes.append(f"{copies} group(s) of copies or near-copies kept on one side of the split")
-    return PreparedData(table, class_order(table), Path(root), fmt, notes)
+    return replace(data, table=table)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..errors import BloodmlError
 from .images import is_image_file
+from .masks import find_mask
 
 FORMATS = ("auto", "wbc", "manifest", "folders")
 TABLE_COLUMNS = ["path", "label", "mask_path", "group", "source"]
@@ -170,11 +171,7 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
             continue
         for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p)):
             _inside(folder, str(path.relative_to(folder)), str(path))
-            mask = None
-            if masks_root is not None:
-                rel = path.relative_to(folder).with_suffix("")
-                candidates = sorted(masks_root.glob(f"{rel}.*"))
-                mask = candidates[0] if candidates else None
+            mask = find_mask(path, masks_root) if masks_root is not None else None
             rows.append({"path": path, "label": class_dir.name, "mask_path": mask, "group": None,
                          "source": str(path)})
     return _finish(rows, folder)

@@ -12,16 +12,16 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ..errors import BloodmlError
-from .hashing import hash_matrix
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "group", "split", "sha256", "phash", "mask_path"]
 
 
-def duplicate_groups(table: pd.DataFrame, near_distance: int) -> pd.Series:
-    """Union of: the user's group column, identical file content, perceptual hashes within ``near_distance``.
+def duplicate_groups(table: pd.DataFrame, copies=()) -> pd.Series:
+    """Union of: the user's group column, identical file content (``sha256``), and the near-copy pairs ``copies``
+    ((i, j, ...) by position, from :func:`bloodml.data.hashing.near_copies`).
 
-    Returns one group id per row (the smallest row index of the component, as 'g<index>').
+    Returns one group id per row (the smallest row position of the component, as 'g<index>').
     """
     n = len(table)
     parent = list(range(n))
@@ -42,14 +42,32 @@ def duplicate_groups(table: pd.DataFrame, near_distance: int) -> pd.Series:
             for members in table.groupby(table[column].where(table[column].notna()), sort=False).indices.values():
                 for j in members[1:]:
                     union(members[0], j)
-    if near_distance >= 0 and "phash" in table:
-        close = np.argwhere(np.triu(hash_matrix(list(table["phash"])) <= near_distance, k=1))
-        for i, j in close:
-            union(int(i), int(j))
+    for pair in copies:
+        union(int(pair[0]), int(pair[1]))
     return pd.Series([f"g{find(i)}" for i in range(n)], index=table.index)
 
 
-def _check_group_labels(table: pd.DataFrame, groups: pd.Series) -> None:
+def drop_conflicting_copies(table: pd.DataFrame, copies=()) -> tuple[pd.DataFrame, list, list[str]]:
+    """Copies of one image (same bytes or confirmed near copies) that carry different labels cannot all be right:
+    they are left out, each such set named in a note, so the rest of the data can be used. Returns (table with
+    a fresh index, the near-copy pairs renumbered, notes)."""
+    copy_groups = duplicate_groups(table.drop(columns=["group"], errors="ignore"), copies)
+    labels = table.groupby(copy_groups)["label"].nunique()
+    conflicting = labels[labels > 1].index
+    if not len(conflicting):
+        return table, list(copies), []
+    drop = copy_groups.isin(conflicting).to_numpy()
+    notes = []
+    for group in conflicting:
+        members = table.loc[(copy_groups == group).to_numpy()]
+        names = ", ".join(f"{Path(p).name} ({label})" for p, label in zip(members["path"], members["label"]))
+        notes.append(f"left out copies of one image with different labels: {names}; fix the labels to use them")
+    position = np.cumsum(~drop) - 1
+    kept = [(int(position[i]), int(position[j]), *rest) for i, j, *rest in copies if not drop[i] and not drop[j]]
+    return table.loc[~drop].reset_index(drop=True), kept, notes
+
+
+def check_group_labels(table: pd.DataFrame, groups: pd.Series) -> None:
     mixed = table.groupby(groups)["label"].nunique()
     if (mixed > 1).any():
         members = table.loc[groups == mixed[mixed > 1].index[0]]
@@ -60,14 +78,15 @@ def _check_group_labels(table: pd.DataFrame, groups: pd.Series) -> None:
 
 
 def assign_splits(table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
-                  near_distance: int = 6) -> pd.DataFrame:
-    """Stratified, group-aware train/val/test split. Returns the table with 'group' and 'split' columns."""
+                  copies=()) -> pd.DataFrame:
+    """Stratified, group-aware train/val/test split (``copies`` as for :func:`duplicate_groups`). Returns the table
+    with 'group' and 'split' columns."""
     if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and val_fraction + test_fraction < 1):
         raise BloodmlError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must each lie in (0, 1) "
                            f"and add up to less than 1; e.g. 0.15 and 0.15.")
     table = table.reset_index(drop=True).copy()
-    groups = duplicate_groups(table, near_distance)
-    _check_group_labels(table, groups)
+    groups = duplicate_groups(table, copies)
+    check_group_labels(table, groups)
     table["group"] = groups
     per_group = table.groupby("group", sort=True)["label"].first()
     group_counts = per_group.value_counts()

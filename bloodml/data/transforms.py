@@ -1,7 +1,8 @@
-"""Image transforms: joint image+mask augmentation (torchvision v2), mask modes, and the preprocessing module.
+"""Image transforms: joint image+mask augmentation (torchvision v2) and the preprocessing module.
 
-:class:`Preprocess` is an ``nn.Module`` so the exact preprocessing a model was trained with travels inside the
-logged model: colour space, stain normalisation, and normalisation statistics (fitted on training images only).
+:class:`Preprocess` is an ``nn.Module`` built from an :class:`~bloodml.data.input_spec.InputSpec`, so the exact
+preprocessing a model was trained with travels inside the logged model: colour space, stain normalisation, and
+normalisation statistics (fitted on training images only, by :func:`fit_input_spec`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,7 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..errors import BloodmlError
-from .masks import MASK_MODES
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .input_spec import InputSpec
 
 
 def build_augmentation(rotation: float, shift: float, shear: float, zoom: float, hflip: bool, vflip: bool,
@@ -44,21 +41,6 @@ def augment(images: torch.Tensor, regions: torch.Tensor, transform: v2.Compose |
         out_images.append(image_t.as_subclass(torch.Tensor))
         out_regions.append(region_t.as_subclass(torch.Tensor))
     return torch.stack(out_images), torch.stack(out_regions)
-
-
-def apply_mask(images: torch.Tensor, regions: torch.Tensor, mode: str) -> torch.Tensor:
-    """Zero the pixels outside the regions kept by ``mode`` (images (N,3,H,W), region maps (N,H,W))."""
-    if mode not in MASK_MODES:
-        raise BloodmlError(f"masks='{mode}' is unknown; use one of {', '.join(MASK_MODES)}.")
-    keep = MASK_MODES[mode]
-    if keep is None:
-        return images
-    inside = torch.isin(regions, torch.tensor(keep, dtype=regions.dtype))
-    return images * inside.unsqueeze(1).to(images.dtype)
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255.0)
 
 
 # lαβ colour space for Reinhard colour transfer (Reinhard et al. 2001).
@@ -102,16 +84,16 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 class Preprocess(nn.Module):
-    """float RGB in [0,1] (N,3,H,W) -> network input. Buffers hold every fitted statistic."""
+    """float RGB in [0,1] (N,3,H,W) -> network input, as ``spec`` says. Buffers hold every fitted statistic."""
 
-    def __init__(self, color_space: str = "rgb", stain_norm: str = "none", normalize: str = "imagenet",
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, reference_mean=(0.0, 0.0, 0.0), reference_std=(1.0, 1.0, 1.0)):
+    def __init__(self, spec: InputSpec | None = None):
         super().__init__()
-        self.color_space, self.stain_norm, self.normalize = color_space, stain_norm, normalize
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("reference_mean", torch.tensor(reference_mean, dtype=torch.float32))
-        self.register_buffer("reference_std", torch.tensor(reference_std, dtype=torch.float32))
+        spec = spec or InputSpec()
+        self.color_space, self.stain_norm, self.normalize = spec.color_space, spec.stain_norm, spec.normalize
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("reference_mean", torch.tensor(spec.reference_mean, dtype=torch.float32))
+        self.register_buffer("reference_std", torch.tensor(spec.reference_std, dtype=torch.float32))
 
     def colour(self, x: torch.Tensor) -> torch.Tensor:
         """Stain normalisation then colour-space conversion (everything before the final normalisation)."""
@@ -142,19 +124,20 @@ class Preprocess(nn.Module):
         return (x - self.mean) / self.std
 
 
-def fit_preprocess(train_images: torch.Tensor, color_space: str, stain_norm: str, normalize: str,
-                   backbone_mean, backbone_std, batch: int = 256) -> Preprocess:
-    """Build the preprocessing; any statistic it needs comes from ``train_images`` (float [0,1]) only."""
-    reference_mean, reference_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    if stain_norm == "reinhard":
+def fit_input_spec(spec: InputSpec, train_images: torch.Tensor, batch: int = 256) -> InputSpec:
+    """``spec`` with every statistic its preprocessing needs fitted on ``train_images`` (float [0,1], the
+    training split's network input) only: the Reinhard reference, dataset normalisation; BGR reorders the
+    backbone's statistics (Keras VGG's convention)."""
+    statistics = {}
+    if spec.stain_norm == "reinhard":
         stats = [_masked_mean_std(_rgb_to_lab(chunk), _foreground(chunk)) for chunk in train_images.split(batch)]
-        reference_mean = tuple(torch.cat([m for m, _ in stats]).mean(0).tolist())
-        reference_std = tuple(torch.cat([s for _, s in stats]).mean(0).tolist())
-    mean, std = tuple(backbone_mean), tuple(backbone_std)
-    if color_space == "bgr":  # the pretraining statistics follow the channels (Keras VGG's BGR convention)
-        mean, std = mean[::-1], std[::-1]
-    probe = Preprocess(color_space, stain_norm, normalize, mean, std, reference_mean, reference_std)
-    if normalize == "dataset":
+        statistics["reference_mean"] = torch.cat([m for m, _ in stats]).mean(0).tolist()
+        statistics["reference_std"] = torch.cat([s for _, s in stats]).mean(0).tolist()
+    if spec.color_space == "bgr":
+        statistics["mean"], statistics["std"] = spec.mean[::-1], spec.std[::-1]
+    spec = spec.fitted(**statistics)
+    if spec.normalize == "dataset":
+        probe = Preprocess(spec)
         with torch.no_grad():
             total, total_sq, count = torch.zeros(3), torch.zeros(3), 0
             for chunk in train_images.split(batch):
@@ -162,6 +145,6 @@ def fit_preprocess(train_images: torch.Tensor, color_space: str, stain_norm: str
                 total += x.sum(dim=(0, 2, 3)).float()
                 total_sq += (x ** 2).sum(dim=(0, 2, 3)).float()
                 count += x.shape[0] * x.shape[2] * x.shape[3]
-            mean = (total / count).tolist()
-            std = ((total_sq / count - (total / count) ** 2).clamp_min(1e-8).sqrt()).tolist()
-    return Preprocess(color_space, stain_norm, normalize, mean, std, reference_mean, reference_std)
+            spec = spec.fitted(mean=(total / count).tolist(),
+                               std=(total_sq / count - (total / count) ** 2).clamp_min(1e-8).sqrt().tolist())
+    return spec

@@ -1,1 +1,2 @@
-"""Evaluation: pure metric functions on labels and probabilities (no MLflow, no files)."""
+"""Evaluation: pure functions on labels, probabilities and saliency maps (metrics with intervals, calibration,
+Grad-CAM scores, plots); report.py writes one run's artefacts into a folder. No MLflow: the caller logs them."""

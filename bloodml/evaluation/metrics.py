@@ -1,7 +1,9 @@
 """Classification metrics with 95 % confidence intervals, from true labels and predicted probabilities.
 
 Proportions (accuracy, sensitivity, specificity) get Wilson score intervals; the others (balanced accuracy,
-macro-F1, MCC, ROC-AUC) a percentile bootstrap over test images. Pure functions; scikit-learn underneath.
+macro-F1, MCC, ROC-AUC) a percentile bootstrap over test images. When the images come in groups (patients,
+smears: ``groups``), they are not independent, so every interval is a cluster bootstrap that resamples whole
+groups. Pure functions; scikit-learn underneath.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Callable
 import numpy as np
 from scipy.stats import rankdata
 from sklearn import metrics as skm
+
+from ..scoring import balanced_accuracy_from, confusion_counts, macro_f1_from, mcc_from
 
 Z95 = 1.959963984540054
 
@@ -28,14 +32,26 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _resampler(n: int, groups, rng: np.random.Generator) -> Callable[[], np.ndarray]:
+    """Draws of sample indices: n samples with replacement, or (with ``groups``) as many whole groups as there
+    are, with replacement, each bringing all of its samples."""
+    if groups is None:
+        return lambda: rng.integers(0, n, size=n)
+    _, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    return lambda: np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
+
+
 def bootstrap_interval(statistic: Callable[[np.ndarray, np.ndarray], float], y_true: np.ndarray,
-                       scores: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap over samples; resamples where the statistic is undefined are skipped."""
+                       scores: np.ndarray, n_boot: int = 1000, seed: int = 0, groups=None) -> tuple[float, float]:
+    """Percentile bootstrap over samples, or over whole groups when ``groups`` (one ID per sample) is given;
+    resamples where the statistic is undefined are skipped."""
     rng = np.random.default_rng(seed)
-    n = len(y_true)
+    draw = _resampler(len(y_true), groups, rng)
     values = []
     for _ in range(n_boot):
-        index = rng.integers(0, n, size=n)
+        index = draw()
         try:
             with warnings.catch_warnings():  # resamples missing a class are expected on small test sets
                 warnings.simplefilter("ignore")
@@ -61,33 +77,6 @@ def _predict(probabilities: np.ndarray, positive: int | None, threshold: float) 
     return probabilities.argmax(axis=1)
 
 
-# Metrics from a confusion matrix (rows true, columns predicted): numpy only, so a 1000-resample bootstrap takes
-# milliseconds. Each equals its scikit-learn counterpart (tests/test_metrics.py checks that).
-def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k)
-
-
-def balanced_accuracy_from(cm: np.ndarray) -> float:
-    support = cm.sum(axis=1)
-    present = support > 0
-    return float(np.mean(np.diag(cm)[present] / support[present])) if present.any() else float("nan")
-
-
-def macro_f1_from(cm: np.ndarray) -> float:
-    tp = np.diag(cm).astype(float)
-    denominator = cm.sum(axis=0) + cm.sum(axis=1)  # 2tp + fp + fn
-    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    return float(f1.mean())
-
-
-def mcc_from(cm: np.ndarray) -> float:
-    t_sum, p_sum = cm.sum(axis=1).astype(float), cm.sum(axis=0).astype(float)
-    n, correct = float(cm.sum()), float(np.trace(cm))
-    cov_tp = correct * n - t_sum @ p_sum
-    cov_pp, cov_tt = n * n - p_sum @ p_sum, n * n - t_sum @ t_sum
-    return float(cov_tp / np.sqrt(cov_tt * cov_pp)) if cov_tt * cov_pp > 0 else 0.0
-
-
 def roc_auc_fast(is_positive: np.ndarray, score: np.ndarray) -> float:
     """Mann-Whitney form of the ROC AUC (ties count one half)."""
     n_pos = int(is_positive.sum())
@@ -100,9 +89,13 @@ def roc_auc_fast(is_positive: np.ndarray, score: np.ndarray) -> float:
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, prefix: str = "",
                            class_names: list[str] | None = None, positive: int | None = None,
-                           threshold: float = 0.5, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+                           threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
+                           groups=None) -> dict[str, float]:
     """Headline metrics (+ ``_ci_low``/``_ci_high``), per-class precision/recall/F1, and for binary tasks
-    ROC-AUC, sensitivity and specificity at ``threshold`` on the ``positive`` class's probability."""
+    ROC-AUC, sensitivity and specificity at ``threshold`` on the ``positive`` class's probability.
+
+    ``groups`` (one ID per sample): intervals resample whole groups, and ``ci_groups`` says how many there were
+    (0: intervals over images)."""
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     k = probabilities.shape[1]
@@ -121,14 +114,27 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, prefix
         return _predict(scores, positive if binary else None, threshold)
 
     from_confusion = {"balanced_accuracy": balanced_accuracy_from, "macro_f1": macro_f1_from, "mcc": mcc_from}
+    def proportion_interval(successes: int, total: int, hit: Callable, among: Callable):
+        """Wilson over independent images; with groups, a cluster bootstrap of the same proportion."""
+        if groups is None:
+            return wilson_interval(successes, total)
+
+        def share(t, s):
+            base = among(t, s)
+            return float(hit(t, s)[base].mean()) if base.any() else float("nan")
+        return bootstrap_interval(share, y_true, probabilities, n_boot, seed, groups)
+
+    everyone = lambda t, s: np.ones(len(t), dtype=bool)  # noqa: E731
+    out["ci_groups"] = float(len(np.unique(np.asarray(groups, dtype=str)))) if groups is not None else 0.0
     correct = int((y_pred == y_true).sum())
     out["accuracy"] = correct / n
-    out["accuracy_ci_low"], out["accuracy_ci_high"] = wilson_interval(correct, n)
+    out["accuracy_ci_low"], out["accuracy_ci_high"] = proportion_interval(
+        correct, n, lambda t, s: predicted(s) == t, everyone)
     for name, from_cm in from_confusion.items():
         statistic = lambda t, s, f=from_cm: f(confusion_counts(t, predicted(s), k))  # noqa: E731
         out[name] = statistic(y_true, probabilities)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_interval(statistic, y_true, probabilities, n_boot,
-                                                                           seed)
+                                                                           seed, groups)
     clipped = np.clip(probabilities, 1e-12, 1)
     out["loss"] = float(skm.log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels))
     precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
@@ -141,11 +147,14 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, prefix
         tn = int((~pos_true & (y_pred != positive)).sum())
         n_pos, n_neg = int(pos_true.sum()), int((~pos_true).sum())
         out["sensitivity"] = tp / n_pos if n_pos else float("nan")
-        out["sensitivity_ci_low"], out["sensitivity_ci_high"] = wilson_interval(tp, n_pos)
+        out["sensitivity_ci_low"], out["sensitivity_ci_high"] = proportion_interval(
+            tp, n_pos, lambda t, s: predicted(s) == positive, lambda t, s: t == positive)
         out["specificity"] = tn / n_neg if n_neg else float("nan")
-        out["specificity_ci_low"], out["specificity_ci_high"] = wilson_interval(tn, n_neg)
+        out["specificity_ci_low"], out["specificity_ci_high"] = proportion_interval(
+            tn, n_neg, lambda t, s: predicted(s) != positive, lambda t, s: t != positive)
         if n_pos and n_neg:
             auc = lambda t, s: roc_auc_fast(t == positive, s[:, positive])  # noqa: E731
             out["roc_auc"] = float(auc(y_true, probabilities))
-            out["roc_auc_ci_low"], out["roc_auc_ci_high"] = bootstrap_interval(auc, y_true, probabilities, n_boot, seed)
+            out["roc_auc_ci_low"], out["roc_auc_ci_high"] = bootstrap_interval(auc, y_true, probabilities, n_boot, seed,
+                                                                               groups)
     return {f"{prefix}{key}": float(value) for key, value in out.items()}

@@ -17,7 +17,6 @@ import torch
 from sklearn import metrics as skm
 
 from ..data.dataset import ImageSet
-from ..training.features import network_input
 from . import plots
 from .calibration import expected_calibration_error, fit_temperature, reliability_bins
 from .metrics import classification_metrics, majority_rate
@@ -26,7 +25,6 @@ from .saliency import gradcam_maps, saliency_scores
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    mask_mode: str
     positive: int | None = None  # index of the positive class for binary tasks
     threshold: float = 0.5
     temperature_scaling: bool = False
@@ -37,9 +35,10 @@ class EvaluationSettings:
 
 
 @torch.no_grad()
-def logits_of(model, images: ImageSet, mask_mode: str, batch: int = 64) -> torch.Tensor:
+def logits_of(model, images: ImageSet, batch: int = 64) -> torch.Tensor:
+    """The model's logits for preloaded images, made into network input by the model's own input spec."""
     model.eval()
-    parts = [model.logits(network_input(images.images[i:i + batch], images.regions[i:i + batch], mask_mode))
+    parts = [model.logits(model.spec.network_input(images.images[i:i + batch], images.regions[i:i + batch]))
              for i in range(0, len(images), batch)]
     return torch.cat(parts) if parts else torch.zeros(0, len(model.class_names))
 
@@ -58,15 +57,17 @@ def _hwc(images: torch.Tensor) -> np.ndarray:
 
 
 def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], history: list, best_epoch: int,
-             settings: EvaluationSettings, out: Path) -> dict[str, float]:
-    """All metrics (val_final_*, test_*, calibration, saliency) and artefacts for a trained model."""
+             settings: EvaluationSettings, out: Path, groups: dict | None = None) -> dict[str, float]:
+    """All metrics (val_final_*, test_*, calibration, saliency) and artefacts for a trained model. ``groups``
+    (split -> one group ID per image, e.g. patients): intervals resample whole groups."""
+    groups = groups or {}
     out.mkdir(parents=True, exist_ok=True)
     classes = list(model.class_names)
     metrics: dict[str, float] = {}
     binary = len(classes) == 2
     positive = settings.positive if binary else None
 
-    val_logits = logits_of(model, sets["val"], settings.mask_mode)
+    val_logits = logits_of(model, sets["val"])
     if settings.temperature_scaling and len(val_logits):
         temperature = fit_temperature(val_logits, sets["val"].labels)
         model.temperature.fill_(temperature)
@@ -74,11 +75,11 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
 
     predictions = {}
     for split, prefix in (("val", "val_final_"), ("test", "test_")):
-        logits = val_logits if split == "val" else logits_of(model, sets[split], settings.mask_mode)
+        logits = val_logits if split == "val" else logits_of(model, sets[split])
         probabilities = torch.softmax(logits / model.temperature, dim=1).numpy()
         labels = sets[split].labels.numpy()
         metrics.update(classification_metrics(labels, probabilities, prefix, classes, positive, settings.threshold,
-                                              settings.n_boot, settings.seed))
+                                              settings.n_boot, settings.seed, groups.get(split)))
         metrics[f"{split}_majority_rate"] = majority_rate(labels)
         metrics[f"{split}_ece"] = expected_calibration_error(labels, probabilities)
         predicted = (np.where(probabilities[:, positive] >= settings.threshold, positive, 1 - positive)
@@ -110,7 +111,7 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
                   (1 - metrics["test_specificity"], metrics["test_sensitivity"]))
     wrong = np.flatnonzero(predicted != labels)[:24]
     test = sets["test"]
-    plots.gallery(_hwc(network_input(test.images[wrong], test.regions[wrong], settings.mask_mode).mul(255).byte()),
+    plots.gallery(_hwc(model.spec.network_input(test.images[wrong], test.regions[wrong]).mul(255).byte()),
                   [f"true {classes[labels[i]]}\npred {classes[predicted[i]]} ({probabilities[i].max():.2f})"
                    for i in wrong], out / "misclassified.png",
                   f"misclassified test images: {len(np.flatnonzero(predicted != labels))} of {len(labels)}")
@@ -125,7 +126,7 @@ def _saliency(model, test: ImageSet, paths: list[str], classes: list[str], setti
               out: Path) -> dict[str, float]:
     rng = np.random.default_rng(settings.seed)
     sample = np.sort(rng.choice(len(test), size=min(settings.gradcam_samples, len(test)), replace=False))
-    inputs = network_input(test.images[sample], test.regions[sample], settings.mask_mode)
+    inputs = model.spec.network_input(test.images[sample], test.regions[sample])
     maps, predicted = gradcam_maps(model, inputs)
     regions = test.regions[sample].numpy()
     has_mask = test.has_mask[sample].numpy()
@@ -154,6 +155,14 @@ def _fmt(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.3f}" + (f" ({low:.3f}-{high:.3f})" if low is not None else "")
 
 
+def ci_basis(groups: float) -> str:
+    """Which resampling the intervals rest on, in one sentence."""
+    if groups:
+        return (f"Intervals: 95 %, a bootstrap over {groups:.0f} groups (whole groups resampled: images of one "
+                f"group are not independent).")
+    return "Intervals: 95 %, Wilson for proportions, a bootstrap over images otherwise."
+
+
 def summary_markdown(metrics: dict, classes: list[str], best_epoch: int, binary: bool, out: Path) -> str:
     headline = ["accuracy", "balanced_accuracy", "macro_f1", "mcc"] + (
         ["roc_auc", "sensitivity", "specificity"] if binary else [])
@@ -161,7 +170,8 @@ def summary_markdown(metrics: dict, classes: list[str], best_epoch: int, binary:
              "| metric (95% CI) | validation | test |", "|---|---|---|"]
     lines += [f"| {m} | {_fmt(metrics, 'val_final_' + m)} | {_fmt(metrics, 'test_' + m)} |" for m in headline]
     lines += [f"| majority-class rate | {metrics['val_majority_rate']:.3f} | {metrics['test_majority_rate']:.3f} |",
-              f"| expected calibration error | {metrics['val_ece']:.3f} | {metrics['test_ece']:.3f} |", ""]
+              f"| expected calibration error | {metrics['val_ece']:.3f} | {metrics['test_ece']:.3f} |", "",
+              ci_basis(metrics.get("test_ci_groups", 0.0)), ""]
     if "saliency_relevance_mass" in metrics:
         lines += [f"Grad-CAM on {metrics['saliency_images']:.0f} test images: relevance mass inside the cell "
                   f"{metrics['saliency_relevance_mass']:.3f} (chance {metrics['saliency_relevance_chance']:.3f}); "

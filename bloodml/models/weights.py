@@ -48,13 +48,31 @@ def load_into(model: nn.Module, state: dict, source: str, by_order: bool = False
         raise BloodmlError(f"{source}: weights do not fit the architecture ({first}); use the matching backbone.")
 
 
+# What a failed download raises (no network, DNS, HTTP errors, a truncated or wrong file in the cache).
+DOWNLOAD_ERRORS = (OSError, RuntimeError, ValueError)
+
+
+def _download_error(backbone: str, exc: Exception) -> BloodmlError:
+    reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    return BloodmlError(f"backbone={backbone}: ImageNet weights could not be downloaded ({reason}); {OPTIONS}.")
+
+
 def torchvision_imagenet(weights_enum, backbone: str) -> dict:
     """torchvision's ImageNet weights: from the torch cache, or downloaded on a connected machine."""
     try:
         return weights_enum.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise BloodmlError(f"backbone={backbone}: ImageNet weights could not be downloaded ({reason}); {OPTIONS}.")
+    except DOWNLOAD_ERRORS as exc:  # urllib's URLError is an OSError; a bad hash a RuntimeError
+        raise _download_error(backbone, exc)
+
+
+def timm_pretrained(name: str) -> nn.Module:
+    """A timm model with its pretrained weights from the Hugging Face hub (or its cache)."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True)
+    except DOWNLOAD_ERRORS as exc:  # huggingface_hub's connection and not-found errors derive from these
+        raise _download_error(name, exc)
 
 
 def packaged_file(package: str, class_name: str) -> Path:

@@ -63,7 +63,9 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
 
     protocol = (f"{spec.repeats} x {spec.folds}-fold stratified, group-aware cross-validation "
                 f"(validation split of {spec.val_fraction:.0%} inside each training fold; the same folds for every "
-                f"configuration)" if spec.protocol == "cv" else "a single stratified 70/15/15 hold-out split")
+                f"configuration)" if spec.protocol == "cv" else
+                f"a single stratified hold-out split ({1 - spec.base.val_fraction - spec.base.test_fraction:.0%} "
+                f"train, {spec.base.val_fraction:.0%} validation, {spec.base.test_fraction:.0%} test)")
     lines = [f"# Study: {spec.name}", "",
              f"Data: `{spec.base.data}`, {len(table)} images; protocol: {protocol}. Compared metric: test "
              f"{spec.metric}. Wall time {result.seconds / 60:.1f} min.", "", "## Verdicts", ""]
@@ -98,7 +100,8 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
     groups = table.groupby("group").size()
     lines += ["## Leakage audit", "",
               f"Every fold was audited for images shared between its train, validation and test parts (same path, "
-              f"same bytes, or perceptual-hash distance <= {spec.base.near_duplicate_distance}): "
+              f"same bytes, or a near copy: hash distance <= {spec.base.near_duplicate_distance} in any flip/rotation "
+              f"or crop, confirmed by a fine-structure similarity >= {spec.base.copy_similarity}): "
               f"**{result.leaks} leaks**. {int((groups > 1).sum())} groups of copies/near-copies "
               f"({int(groups[groups > 1].sum())} images) were kept on one side of every split.", "",
               "## Data", "", "| class | images |", "|---|---|"]

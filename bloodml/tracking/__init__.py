@@ -1,1 +1,2 @@
-"""MLflow: tracking store selection, run parameters and metrics, model logging."""
+"""MLflow, and only here: the tracking store, runs (nesting, parameters, metrics, tags, files, search), the model
+(logging, loading with its hash checked), the Model Registry, and metrics that outlive a server outage."""

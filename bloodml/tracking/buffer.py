@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import time
 
-import mlflow
-from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from requests.exceptions import RequestException
 
 from ..errors import BloodmlError
 from ..runtime import say
+from .runs import log_metric_batch, metric
+from .store import tracking_uri
+
+# What an unreachable or failing server raises (MLflow wraps HTTP errors after its own retries); anything else
+# is a programming error and must not be relabelled as an outage.
+UNREACHABLE = (MlflowException, RequestException, ConnectionError, TimeoutError)
 
 
 class MetricBuffer:
     def __init__(self, run_id: str):
         self.run_id = run_id
-        self.pending: list[Metric] = []
+        self.pending: list = []
         self.unreachable = False
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        stamp = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        self.pending += [metric(k, v, step) for k, v in metrics.items()]
         self.flush(strict=False)
 
     def flush(self, strict: bool = True, attempts: int = 6, wait_s: float = 5.0) -> None:
@@ -31,7 +36,7 @@ class MetricBuffer:
             if not self.pending:
                 return
             try:
-                mlflow.MlflowClient().log_batch(self.run_id, metrics=self.pending[:1000])
+                log_metric_batch(self.run_id, self.pending[:1000])
                 del self.pending[:1000]
                 if self.unreachable:
                     say("note: tracking server reachable again; buffered metrics logged")
@@ -39,7 +44,7 @@ class MetricBuffer:
                 if self.pending:
                     continue
                 return
-            except Exception as exc:  # connection refused, timeouts, 5xx: keep the metrics
+            except UNREACHABLE as exc:  # connection refused, timeouts, 5xx: keep the metrics
                 if not self.unreachable:
                     say(f"note: tracking server unreachable ({type(exc).__name__}); training continues, "
                         f"{len(self.pending)} metric values kept for later")
@@ -47,6 +52,6 @@ class MetricBuffer:
                 if strict and attempt + 1 < attempts:
                     time.sleep(wait_s)
         if strict and self.pending:
-            raise BloodmlError(f"the tracking server {mlflow.get_tracking_uri()} is unreachable; training finished and "
+            raise BloodmlError(f"the tracking server {tracking_uri()} is unreachable; training finished and "
                                f"its epochs are checkpointed: run `bloodml train --resume {self.run_id}` once it is "
                                f"back.")

@@ -1,4 +1,6 @@
-"""Logging the trained model so that mlflow.pytorch.load_model and pyfunc predict work in a fresh process."""
+"""The trained model in MLflow: logged so that mlflow.pytorch.load_model and pyfunc predict work in a fresh
+process, with its input specification and class names as metadata and a hash of its files; loaded back with
+that hash checked."""
 
 from __future__ import annotations
 
@@ -11,20 +13,27 @@ import numpy as np
 import timm
 import torch
 import torchvision
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from ..errors import BloodmlError
 from ..models.classifier import BloodCellClassifier
+from .registry import model_uri, source_run
+
+HASH_TAG = "bloodml.model_sha256"
+# Written by MLflow into the model folder when a version is registered: bookkeeping, not model content.
+UNHASHED = {"registered_model_meta"}
 
 
 def model_metadata(model: BloodCellClassifier, extra: dict | None = None) -> dict:
-    return {"class_names": list(model.class_names), "image_size": int(model.image_size),
-            "mask_mode": model.mask_mode, "input": "float32 RGB in [0,1], shape (N,3,S,S), masked as mask_mode",
+    return {"class_names": list(model.class_names), "input_spec": model.spec.to_dict(),
+            "input": "float32 RGB in [0,1], shape (N,3,S,S), resized and masked as input_spec says",
             "output": "class probabilities (N,C) in class_names order", **(extra or {})}
 
 
 def log_model(model: BloodCellClassifier, example: torch.Tensor, extra_metadata: dict | None = None):
     """Log as a PT2 graph (``torch.export``: loading runs no pickled code) with signature, input example,
-    explicit requirements (no inference subprocess) and the class names/preprocessing facts as metadata."""
+    explicit requirements (no inference subprocess) and the input specification/class names as metadata."""
     model = model.eval()
     example_np = example[:2].numpy().astype(np.float32)
     with torch.no_grad():
@@ -42,11 +51,6 @@ def log_model(model: BloodCellClassifier, example: torch.Tensor, extra_metadata:
     return info
 
 
-HASH_TAG = "bloodml.model_sha256"
-# Written by MLflow into the model folder when a version is registered: bookkeeping, not model content.
-UNHASHED = {"registered_model_meta"}
-
-
 def directory_sha256(folder: Path) -> str:
     """SHA-256 over every file's relative path and bytes (sorted), so any changed, added or removed file shows."""
     digest = hashlib.sha256()
@@ -56,3 +60,27 @@ def directory_sha256(folder: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def load_model(reference: str):
+    """Download a bloodml model, check its files against the hash recorded at training time, then load it.
+    Returns (pyfunc model, its metadata)."""
+    uri = model_uri(reference)
+    hint = ("pass models:/<name>@<alias>, runs:/<run_id>/model or a run ID, with MLFLOW_TRACKING_URI set to "
+            "its store.")
+    try:
+        run_id = source_run(uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+            expected = mlflow.MlflowClient().get_run(run_id).data.tags.get(HASH_TAG) if run_id else None
+            if expected and directory_sha256(local) != expected:
+                raise BloodmlError(f"model '{reference}': its files differ from those recorded when it was trained "
+                                   f"(SHA-256 mismatch); refusing to load them. Re-log or re-register the model.")
+            model = mlflow.pyfunc.load_model(str(local))
+    except (MlflowException, OSError) as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise BloodmlError(f"model '{reference}' could not be loaded ({first}); {hint}")
+    meta = (model.metadata.metadata or {})
+    if "class_names" not in meta:
+        raise BloodmlError(f"model '{reference}' was not trained by bloodml (no class names in its metadata).")
+    return model, meta

@@ -1,4 +1,4 @@
-"""The MLflow Model Registry: register a run's model under a name with an alias, and resolve model references."""
+"""The MLflow Model Registry: resolve model references, register versions, move aliases."""
 
 from __future__ import annotations
 
@@ -19,15 +19,53 @@ def model_uri(reference: str) -> str:
     return reference
 
 
-def register(run_id: str, name: str, alias: str = "champion") -> str:
-    """Register ``runs:/<run_id>/model`` as a new version of ``name`` and point ``alias`` at it. Returns the version."""
+def source_run(uri: str) -> str | None:
+    """The run that logged the model at ``uri`` (None for a local folder or an unversioned reference)."""
     client = mlflow.MlflowClient()
+    if uri.startswith("runs:/"):
+        return uri.split("/")[1]
+    if uri.startswith("models:/"):
+        name = uri[len("models:/"):]
+        if "@" in name:
+            model_name, alias = name.split("@", 1)
+            return client.get_model_version_by_alias(model_name, alias).run_id
+        model_name, _, version = name.partition("/")
+        return client.get_model_version(model_name, version).run_id if version.isdigit() else None
+    return None
+
+
+def alias_version(name: str, alias: str):
+    """The model version ``alias`` points at, or None (no such model or alias)."""
     try:
-        client.get_run(run_id)
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register_version(run_id: str, name: str, tags: dict | None = None) -> str:
+    """Register ``runs:/<run_id>/model`` as a new version of ``name``. Returns the version."""
+    version = str(mlflow.register_model(f"runs:/{run_id}/model", name).version)
+    for key, value in (tags or {}).items():
+        set_version_tag(name, version, key, value)
+    return version
+
+
+def set_version_tag(name: str, version: str, key: str, value) -> None:
+    mlflow.MlflowClient().set_model_version_tag(name, version, key, str(value))
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def register(run_id: str, name: str, alias: str = "champion") -> str:
+    """Register a run's model under ``name`` and point ``alias`` at the new version. Returns the version."""
+    try:
+        mlflow.MlflowClient().get_run(run_id)
     except MlflowException:
         raise BloodmlError(f"run {run_id} not found in {mlflow.get_tracking_uri()}; check the run ID and "
                            f"MLFLOW_TRACKING_URI.")
-    version = mlflow.register_model(f"runs:/{run_id}/model", name)
+    version = register_version(run_id, name)
     if alias:
-        client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+        set_alias(name, alias, version)
+    return version

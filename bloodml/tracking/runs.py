@@ -1,4 +1,5 @@
-"""Logging one training run: parameters (without clashing with what `mlflow run` logged), metrics, tags, files."""
+"""Runs in MLflow: start, nest, attach to the run `mlflow run` made, log parameters, metrics, tags and files,
+find runs, finish them. The rest of bloodml calls these and never mlflow itself."""
 
 from __future__ import annotations
 
@@ -9,23 +10,43 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
+
+LAUNCHED_RUN = "MLFLOW_RUN_ID"  # set by `mlflow run` for the entry point's process: that run is ours
+
+
+def launched_run_id() -> str | None:
+    """The run `mlflow run` made for this process, if it launched us."""
+    return os.environ.get(LAUNCHED_RUN) or None
+
+
+def detach_launched_run() -> None:
+    """Child and resumed runs must not take over the launched run: MLflow's start_run consumes the variable."""
+    os.environ.pop(LAUNCHED_RUN, None)
+
+
+def _client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient()
+
+
+def experiment_id(name: str) -> str:
+    """The experiment's ID, creating it if needed."""
+    return mlflow.set_experiment(name).experiment_id
 
 
 @contextmanager
 def training_run(experiment: str, run_name: str, parent_run_id: str | None = None, tags: dict | None = None):
-    """Start (or, under `mlflow run`, attach to) a run; a child of ``parent_run_id`` when given.
+    """Start (or, under `mlflow run`, attach to) the active run; a child of ``parent_run_id`` when given.
 
     Sets the experiment only when not launched by `mlflow run` (which names the run itself)."""
     if parent_run_id:
-        # Under `mlflow run`, MLFLOW_RUN_ID names the parent: a child must not take that run over.
-        os.environ.pop("MLFLOW_RUN_ID", None)
-        experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
-        with mlflow.start_run(run_name=run_name or None, experiment_id=experiment_id, parent_run_id=parent_run_id,
+        detach_launched_run()
+        parent_experiment = _client().get_run(parent_run_id).info.experiment_id
+        with mlflow.start_run(run_name=run_name or None, experiment_id=parent_experiment, parent_run_id=parent_run_id,
                               nested=mlflow.active_run() is not None, tags=tags) as run:
             yield run
         return
-    if not os.environ.get("MLFLOW_RUN_ID"):
+    if not launched_run_id():
         mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name or None, tags=tags) as run:
         yield run
@@ -34,27 +55,137 @@ def training_run(experiment: str, run_name: str, parent_run_id: str | None = Non
 @contextmanager
 def resumed_run(run_id: str):
     """Reopen an interrupted run (same run ID, same experiment) to continue logging into it."""
-    os.environ.pop("MLFLOW_RUN_ID", None)
+    detach_launched_run()
     with mlflow.start_run(run_id=run_id) as run:
         yield run
 
 
-def logged_steps(run_id: str, key: str) -> set[int]:
-    return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+def end_active_run(status: str) -> None:
+    mlflow.end_run(status)
 
 
-def log_params(params: dict[str, str]) -> None:
-    """Log every parameter not already on the run (`mlflow run` logs the -P values itself; params are immutable)."""
-    run = mlflow.active_run()
-    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+def _run_id(run_id: str | None) -> str:
+    return run_id or mlflow.active_run().info.run_id
+
+
+def log_params(params: dict, run_id: str | None = None) -> None:
+    """Log every parameter not already on the run (`mlflow run` logs the -P values itself; params are
+    immutable), in batches."""
+    run_id = _run_id(run_id)
+    existing = _client().get_run(run_id).data.params
     new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
     for start in range(0, len(new), 100):
-        mlflow.MlflowClient().log_batch(run.info.run_id, params=new[start:start + 100])
+        _client().log_batch(run_id, params=new[start:start + 100])
 
 
-def log_table(table: pd.DataFrame, artifact_file: str) -> None:
+def set_tags(tags: dict, run_id: str | None = None) -> None:
+    run_id = _run_id(run_id)
+    for key, value in tags.items():
+        _client().set_tag(run_id, key, str(value))
+
+
+def log_metrics(metrics: dict[str, float], step: int = 0, run_id: str | None = None) -> None:
+    """All metrics at one step, in batches of 1,000 (values that are not finite are logged as MLflow stores them)."""
+    stamp = int(pd.Timestamp.now().timestamp() * 1000)
+    items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+    run_id = _run_id(run_id)
+    for start in range(0, len(items), 1000):
+        _client().log_batch(run_id, metrics=items[start:start + 1000])
+
+
+def log_metric_batch(run_id: str, metrics: list) -> None:
+    """Pre-built :class:`mlflow.entities.Metric` values (the outage buffer keeps these)."""
+    _client().log_batch(run_id, metrics=metrics)
+
+
+def metric(key: str, value: float, step: int) -> Metric:
+    return Metric(key, float(value), int(pd.Timestamp.now().timestamp() * 1000), step)
+
+
+def logged_steps(run_id: str, key: str) -> set[int]:
+    return {m.step for m in _client().get_metric_history(run_id, key)}
+
+
+def log_folder(folder: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    _client().log_artifacts(_run_id(run_id), str(folder), artifact_path=artifact_path)
+
+
+def log_table(table: pd.DataFrame, artifact_file: str, run_id: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
         table.to_csv(path, index=False)
         parent = str(Path(artifact_file).parent)
-        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
+        _client().log_artifact(_run_id(run_id), str(path), artifact_path=None if parent == "." else parent)
+
+
+def download_artifact(run_id: str, path: str, destination: str | Path) -> str:
+    return _client().download_artifacts(run_id, path, str(destination))
+
+
+def create_run(experiment: str, name: str, parent_run_id: str | None = None, tags: dict | None = None,
+               params: dict | None = None, experiment_of_parent: bool = True) -> str:
+    """A run that is not the active one (studies and tuning keep several open), nested under ``parent_run_id``."""
+    if parent_run_id and experiment_of_parent:
+        experiment_id_ = _client().get_run(parent_run_id).info.experiment_id
+    else:
+        experiment_id_ = experiment_id(experiment)
+    all_tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    run_id = _client().create_run(experiment_id_, run_name=name, tags=all_tags).info.run_id
+    if params:
+        log_params(params, run_id)
+    return run_id
+
+
+def adopt_launched_run(tags: dict, params: dict | None = None) -> str | None:
+    """Under `mlflow run`, the launched run becomes the parent of what follows: tag it (and log ``params``).
+    Returns its ID, or None when not launched by `mlflow run`."""
+    run_id = launched_run_id()
+    if run_id:
+        set_tags(tags, run_id)
+        if params:
+            log_params(params, run_id)
+    return run_id
+
+
+def finish_run(run_id: str, status: str = "FINISHED") -> None:
+    _client().set_terminated(run_id, status)
+
+
+def reopen_run(run_id: str) -> None:
+    _client().update_run(run_id, status="RUNNING")
+
+
+def delete_run(run_id: str) -> None:
+    _client().delete_run(run_id)
+
+
+def get_run(run_id: str):
+    return _client().get_run(run_id)
+
+
+def find_runs(filter_string: str, order_by: list[str] | None = None, experiment_ids: list[str] | None = None) -> list:
+    """Runs matching an MLflow search filter, across all experiments unless ``experiment_ids`` narrows it."""
+    if experiment_ids:
+        return mlflow.search_runs(experiment_ids=experiment_ids, filter_string=filter_string, output_format="list",
+                                  order_by=order_by)
+    return mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list",
+                              order_by=order_by)
+
+
+def logged_params(run_id: str) -> dict[str, str]:
+    """The parameters a run logged; a one-line error when the run is not in the store."""
+    from mlflow.exceptions import MlflowException
+
+    from ..errors import BloodmlError
+
+    try:
+        return dict(get_run(run_id).data.params)
+    except MlflowException:
+        raise BloodmlError(f"run {run_id} not found in {mlflow.get_tracking_uri()}; check the ID and "
+                           f"MLFLOW_TRACKING_URI.")
+
+
+def child_runs(parent_run_id: str, finished_only: bool = False) -> list:
+    """The runs nested directly under ``parent_run_id``."""
+    status = " and attributes.status = 'FINISHED'" if finished_only else ""
+    return find_runs(f"tags.mlflow.parentRunId = '{parent_run_id}'{status}")

@@ -21,6 +21,10 @@ def configure_tracking() -> str:
     return uri
 
 
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
 def _initialise_sqlite_once(uri: str) -> None:
     """Several processes opening a new SQLite store at once race to create its tables; a file lock makes the
     first one create them while the others wait."""

@@ -6,23 +6,20 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache.keys import per_image_seed, view_key
-from ..data.transforms import Preprocess, apply_mask, augment, to_float
+from ..data.input_spec import InputSpec
+from ..data.transforms import Preprocess, augment
 from ..models.registry import Backbone
-
-
-def network_input(images: torch.Tensor, regions: torch.Tensor, mask_mode: str) -> torch.Tensor:
-    """uint8 images and region maps -> float [0,1] RGB with the mask mode applied (the exported model's input)."""
-    return to_float(apply_mask(images, regions, mask_mode))
 
 
 @torch.inference_mode()
 def extract_features(backbone: Backbone, preprocess: Preprocess, images: torch.Tensor, regions: torch.Tensor,
-                     mask_mode: str, batch_size: int = 64, desc: str = "features", progress: bool = True) -> torch.Tensor:
+                     spec: InputSpec, batch_size: int = 64, desc: str = "features",
+                     progress: bool = True) -> torch.Tensor:
     backbone.eval()
     out = []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        x = network_input(images[start:start + batch_size], regions[start:start + batch_size], mask_mode)
+        x = spec.network_input(images[start:start + batch_size], regions[start:start + batch_size])
         out.append(backbone(preprocess(x).contiguous(memory_format=torch.channels_last)))
     return torch.cat(out) if out else torch.zeros(0, backbone.feature_dim)
 
@@ -44,13 +41,13 @@ def augmented_view(images: torch.Tensor, regions: torch.Tensor, transform, seed:
 
 
 def view_features(store, model: str, backbone: Backbone, preprocess: Preprocess, images: torch.Tensor,
-                  regions: torch.Tensor, keys: list[str], mask_mode: str, transform, seed: int, view: int,
+                  regions: torch.Tensor, keys: list[str], spec: InputSpec, transform, seed: int, view: int,
                   progress: bool = False, desc: str = "features") -> torch.Tensor:
     """Features of one view of every image, through the cache: only missing images are augmented and run."""
     def compute(index):
         idx = torch.as_tensor(index)
         view_images, view_regions = augmented_view(images[idx], regions[idx], transform, seed, view,
                                                    [keys[i] for i in index])
-        return extract_features(backbone, preprocess, view_images, view_regions, mask_mode, desc=desc,
+        return extract_features(backbone, preprocess, view_images, view_regions, spec, desc=desc,
                                 progress=progress)
     return store.features(model, view_key(transform, view, seed), keys, compute)

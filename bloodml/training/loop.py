@@ -1,7 +1,9 @@
 """The training loop: epochs, validation, early stopping with best-weights restore.
 
-Two trainers share one loss/penalty/optimiser setup: :class:`HeadTrainer` trains the head on features computed
-once per augmented view (frozen backbone), :class:`FinetuneTrainer` trains backbone layers on augmented images.
+Three trainers share one loss/penalty/optimiser setup: :class:`HeadTrainer` trains the head on features computed
+once per augmented view (frozen backbone), :class:`NaiveHeadTrainer` runs the frozen backbone on every batch
+instead (the loop the cache replaces, for benchmarks), :class:`FinetuneTrainer` trains backbone layers on
+augmented images.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.dataset import ImageSet
+from ..data.input_spec import InputSpec
 from ..data.transforms import Preprocess, augment
 from ..models.head import Head
 from ..models.registry import Backbone
-from ..evaluation.metrics import balanced_accuracy_from, confusion_counts, macro_f1_from
+from ..scoring import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from
 from .balancing import class_weights, epoch_indices
 from .early_stopping import EarlyStopping
-from .features import network_input
 from .regularisation import penalised, penalty
 
 
@@ -57,7 +59,7 @@ class EpochRecord:
 def validation_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Plain cross-entropy (no smoothing, weights or penalty, so epochs and runs compare) and headline scores."""
     cm = confusion_counts(labels.numpy(), logits.argmax(1).numpy(), logits.shape[1])
-    return {"val_loss": float(F.cross_entropy(logits, labels)), "val_accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+    return {"val_loss": float(F.cross_entropy(logits, labels)), "val_accuracy": accuracy_from(cm),
             "val_macro_f1": macro_f1_from(cm), "val_balanced_accuracy": balanced_accuracy_from(cm)}
 
 
@@ -168,11 +170,11 @@ class NaiveHeadTrainer(HeadTrainer):
     """The loop the cache replaces: the frozen backbone runs on every batch and on the validation images every
     epoch. Same views, same draws, same head updates as :class:`HeadTrainer` (for benchmarks and equivalence)."""
 
-    def __init__(self, head: Head, backbone: Backbone, preprocess: Preprocess, view_images: list, mask_mode: str,
+    def __init__(self, head: Head, backbone: Backbone, preprocess: Preprocess, view_images: list, spec: InputSpec,
                  train_labels: torch.Tensor, val: ImageSet, num_classes: int, settings: TrainSettings):
         _Trainer.__init__(self, head, train_labels, num_classes, settings)
-        self.backbone, self.preprocess, self.view_images, self.mask_mode, self.val = (
-            backbone, preprocess, view_images, mask_mode, val)
+        self.backbone, self.preprocess, self.view_images, self.spec, self.val = (
+            backbone, preprocess, view_images, spec, val)
         self.val_labels = val.labels
         self.optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
 
@@ -183,7 +185,7 @@ class NaiveHeadTrainer(HeadTrainer):
     def _features(self, images, regions) -> torch.Tensor:
         with torch.no_grad():
             self.backbone.eval()
-            x = self.preprocess(network_input(images, regions, self.mask_mode)).contiguous(
+            x = self.preprocess(self.spec.network_input(images, regions)).contiguous(
                 memory_format=torch.channels_last)
             return self.backbone(x)
 
@@ -201,11 +203,11 @@ class FinetuneTrainer(_Trainer):
     on the fly; the first ``freeze_epochs`` train the head alone."""
 
     def __init__(self, backbone: Backbone, preprocess: Preprocess, head: Head, train: ImageSet, val: ImageSet,
-                 mask_mode: str, transform, finetune: str, freeze_epochs: int, backbone_lr_factor: float,
+                 spec: InputSpec, transform, finetune: str, freeze_epochs: int, backbone_lr_factor: float,
                  num_classes: int, settings: TrainSettings, eval_batch: int = 64):
         super().__init__(head, train.labels, num_classes, settings)
         self.backbone, self.preprocess, self.train, self.val = backbone, preprocess, train, val
-        self.mask_mode, self.transform, self.finetune, self.freeze_epochs = mask_mode, transform, finetune, freeze_epochs
+        self.spec, self.transform, self.finetune, self.freeze_epochs = spec, transform, finetune, freeze_epochs
         self.eval_batch = eval_batch
         if finetune == "all":
             self.unfrozen = list(backbone.parameters())
@@ -235,7 +237,7 @@ class FinetuneTrainer(_Trainer):
         self.head.train()
 
     def _logits(self, images, regions) -> torch.Tensor:
-        x = self.preprocess(network_input(images, regions, self.mask_mode)).contiguous(memory_format=torch.channels_last)
+        x = self.preprocess(self.spec.network_input(images, regions)).contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:

@@ -14,7 +14,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import optuna
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
@@ -23,6 +22,8 @@ from ..config import RunConfig, replace
 from ..data.prepare import prepare
 from ..errors import BloodmlError
 from ..runtime import configure, say, show_progress
+from ..tracking.runs import adopt_launched_run, create_run, delete_run, find_runs, finish_run, launched_run_id, \
+    log_folder, log_metrics, set_tags
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import StopRun, run_training
 from .champion import promote
@@ -65,12 +66,11 @@ def default_study_name(config: RunConfig) -> str:
 def _storage(url: str) -> RDBStorage:
     def mark_mlflow_failed(study: optuna.Study, trial) -> None:
         """A worker died mid-trial (heartbeat stopped): its MLflow run is marked FAILED too."""
-        runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                  filter_string=f"tags.`optuna.study` = '{study.study_name}' and "
-                                                f"tags.`optuna.trial` = '{trial.number}' and attributes.status = 'RUNNING'")
+        runs = find_runs(f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}' "
+                         f"and attributes.status = 'RUNNING'")
         for run in runs:
-            mlflow.MlflowClient().set_tag(run.info.run_id, "bloodml.state", "FAILED (worker lost)")
-            mlflow.MlflowClient().set_terminated(run.info.run_id, "FAILED")
+            set_tags({"bloodml.state": "FAILED (worker lost)"}, run.info.run_id)
+            finish_run(run.info.run_id, "FAILED")
         RetryFailedTrialCallback(max_retry=1)(study, trial)
 
     last: Exception | None = None
@@ -100,31 +100,21 @@ def _parent_run(study: optuna.Study, config: RunConfig, settings: TuneSettings) 
     known = study.user_attrs.get("mlflow_parent_run_id")
     if known:
         return known
-    client = mlflow.MlflowClient()
-    if os.environ.get("MLFLOW_RUN_ID"):  # launched by `mlflow run -e tune`: that run is the parent
-        parent = client.get_run(os.environ["MLFLOW_RUN_ID"])
-        for key, value in {"bloodml.task": "tune", "optuna.study": study.study_name}.items():
-            client.set_tag(parent.info.run_id, key, value)
-    else:
-        mlflow.set_experiment(config.experiment)
-        parent = client.create_run(mlflow.get_experiment_by_name(config.experiment).experiment_id,
-                                   run_name=f"tune-{study.study_name}",
-                                   tags={"bloodml.task": "tune", "optuna.study": study.study_name})
-    client.log_batch(parent.info.run_id, params=[
-        mlflow.entities.Param(k, str(v)[:6000]) for k, v in {
-            **{f"fixed.{k}": v for k, v in config.to_params().items()},
-            "n_trials": settings.n_trials, "objective": settings.objective, "pruner": settings.pruner,
-            "storage": re.sub(r"://[^@/]*@", "://***@", settings.storage), "space": settings.space or "default"}.items()])
+    tags = {"bloodml.task": "tune", "optuna.study": study.study_name}
+    params = {**{f"fixed.{k}": v for k, v in config.to_params().items()},
+              "n_trials": settings.n_trials, "objective": settings.objective, "pruner": settings.pruner,
+              "storage": re.sub(r"://[^@/]*@", "://***@", settings.storage), "space": settings.space or "default"}
+    # launched by `mlflow run -e tune`: that run is the parent; otherwise a new one
+    parent = adopt_launched_run(tags, params) or create_run(config.experiment, f"tune-{study.study_name}", None,
+                                                            tags, params)
     # Workers starting together may each have made one: the earliest-started parent of this study wins.
-    candidates = mlflow.search_runs(experiment_ids=[parent.info.experiment_id], output_format="list",
-                                    filter_string=f"tags.`optuna.study` = '{study.study_name}' and "
-                                                  f"tags.`bloodml.task` = 'tune'")
-    winner = min(candidates + [parent], key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
-    if winner != parent.info.run_id:
-        if os.environ.get("MLFLOW_RUN_ID") == parent.info.run_id:
-            client.set_tag(parent.info.run_id, "bloodml.parent", winner)  # cannot delete the run we are in
+    candidates = find_runs(f"tags.`optuna.study` = '{study.study_name}' and tags.`bloodml.task` = 'tune'")
+    winner = min(candidates, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if candidates else parent
+    if winner != parent:
+        if launched_run_id() == parent:
+            set_tags({"bloodml.parent": winner}, parent)  # cannot delete the run we are in
         else:
-            client.delete_run(parent.info.run_id)
+            delete_run(parent)
     study.set_user_attr("mlflow_parent_run_id", winner)
     return winner
 
@@ -179,7 +169,7 @@ def _log_study_plots(study: optuna.Study, parent_run_id: str) -> None:
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
                 say(f"note: study plot {name} skipped ({exc})")
         study.trials_dataframe().to_csv(Path(tmp) / "trials.csv", index=False)
-        mlflow.MlflowClient().log_artifacts(parent_run_id, tmp, artifact_path="study")
+        log_folder(tmp, "study", parent_run_id)
 
 
 def tune(config: RunConfig, settings: TuneSettings) -> dict:
@@ -199,7 +189,6 @@ def tune(config: RunConfig, settings: TuneSettings) -> dict:
                                 sampler=sampler, pruner=_pruner(settings.pruner), load_if_exists=True)
     data = prepare(config, progress=show_progress())
     parent = _parent_run(study, config, settings)
-    metric = settings.objective if settings.objective != "val_loss" else "val_loss"
     final_metric = {"val_loss": "val_final_loss"}.get(settings.objective, settings.objective.replace("val_", "val_final_"))
 
     def objective(trial: optuna.Trial) -> float:
@@ -207,7 +196,7 @@ def tune(config: RunConfig, settings: TuneSettings) -> dict:
         trial_config = replace(config, **values, run_name=f"{name}-trial-{trial.number}")
 
         def report(record):
-            trial.report(getattr(record, metric), record.epoch)
+            trial.report(getattr(record, settings.objective), record.epoch)
             if trial.should_prune():
                 raise StopRun(f"pruned by Optuna at epoch {record.epoch}")
 
@@ -217,7 +206,7 @@ def tune(config: RunConfig, settings: TuneSettings) -> dict:
         except StopRun as stop:
             raise optuna.TrialPruned(str(stop))
         trial.set_user_attr("mlflow_run_id", result.run_id)
-        mlflow.MlflowClient().set_tag(result.run_id, "bloodml.state", "COMPLETE")
+        set_tags({"bloodml.state": "COMPLETE"}, result.run_id)
         return result.metrics[final_metric]
 
     started, failures, mine = time.monotonic(), 0, set()
@@ -276,13 +265,11 @@ def finish(study: optuna.Study, config: RunConfig, settings: TuneSettings, paren
     name = settings.model_name or default_model_name(config)
     val_rows = data.split("val")
     version, promoted, reason = promote(name, run_id, settings.objective, best.value, val_rows, settings.alias)
-    client = mlflow.MlflowClient()
-    client.log_metric(parent, f"best_{settings.objective}", best.value)
-    for key, value in {"best_trial": str(best.number), "best_run_id": run_id, "registered_model": name,
-                       "registered_version": str(version), "champion_promoted": str(promoted).lower()}.items():
-        client.set_tag(parent, key, value)
+    log_metrics({f"best_{settings.objective}": best.value}, run_id=parent)
+    set_tags({"best_trial": str(best.number), "best_run_id": run_id, "registered_model": name,
+              "registered_version": str(version), "champion_promoted": str(promoted).lower()}, parent)
     _log_study_plots(study, parent)
-    client.set_terminated(parent, "FINISHED")
+    finish_run(parent)
     say(f"best trial {best.number}: {settings.objective} {best.value:.4f} (run {run_id})")
     say(f"registry: {name} version {version} " + (f"is now @{settings.alias}" if promoted else
                                                   f"registered, @{settings.alias} unchanged") + f" ({reason})")
