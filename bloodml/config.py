@@ -22,6 +22,11 @@ def _p(default, help: str, choices: tuple | None = None, low=None, high=None, gr
 
 @dataclass(frozen=True)
 class RunConfig:
+    # --- recipe -----------------------------------------------------------------------------------------------
+    recipe: str = _p("custom", "a named preset expanded into parameters (explicit values win; the run logs the "
+                                "expanded values): frozen = today's frozen-backbone defaults, finetune = full "
+                                "fine-tuning with AdamW, one-cycle schedule and test-time augmentation",
+                     ("custom", "frozen", "finetune"), group="recipe")
     # --- data -------------------------------------------------------------------------------------------------
     data: str = _p("", "dataset: a folder, a manifest .csv or a .zip", group="data")
     format: str = _p("auto", "dataset layout", ("auto", "wbc", "manifest", "folders"), group="data")
@@ -102,6 +107,17 @@ class RunConfig:
     l1: float = _p(0.0, "L1 penalty on trained weights", low=0.0, high=10.0, group="training")
     l2: float = _p(0.0, "L2 penalty on trained weights", low=0.0, high=10.0, group="training")
     label_smoothing: float = _p(0.0, "label smoothing of the cross-entropy", low=0.0, high=0.99, group="training")
+    optimizer: str = _p("adam", "optimiser (adamw: decoupled weight decay)", ("adam", "adamw"), group="training")
+    weight_decay: float = _p(0.0, "weight decay of the optimiser", low=0.0, high=1.0, group="training")
+    schedule: str = _p("constant", "learning-rate schedule, stepped every batch", ("constant", "onecycle", "cosine"),
+                       group="training")
+    warmup: float = _p(0.0, "share of all steps spent warming up the learning rate (onecycle: default 0.15)",
+                       low=0.0, high=0.9, group="training")
+    device: str = _p("auto", "where tensors are computed: auto (CUDA, else Apple MPS, else CPU), cpu, cuda, "
+                             "cuda:N, mps", group="training")
+    precision: str = _p("auto", "auto (bf16 autocast on CUDA where supported, fp16 with loss scaling on other "
+                                "GPUs, fp32 on CPU), fp32, bf16, fp16", ("auto", "fp32", "bf16", "fp16"),
+                        group="training")
     feature_cache: str = _p("disk", "frozen backbone: features computed once per view and kept on disk and in "
                              "memory, in memory only, or recomputed every batch (off: the naive loop)",
                              ("disk", "memory", "off"), group="training")
@@ -110,6 +126,8 @@ class RunConfig:
     # --- evaluation -------------------------------------------------------------------------------------------
     threshold: float = _p(0.5, "binary tasks: positive-class probability from which a cell is called positive",
                           low=0.0, high=1.0, group="evaluation")
+    tta: bool = _p(False, "test-time augmentation: average the probabilities of the image, its flips and its "
+                          "transpose (evaluation and the logged model)", group="evaluation")
     temperature_scaling: bool = _p(False, "fit a softmax temperature on the validation split (calibration)",
                                    group="evaluation")
     gradcam_samples: int = _p(12, "test images explained with Grad-CAM (0: none)", low=0, high=10000,
@@ -192,8 +210,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
+# Named presets: each expands into parameters underneath whatever the YAML file and the overrides set.
+RECIPES: dict[str, dict[str, Any]] = {
+    "custom": {},
+    "frozen": {"finetune": "none", "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "epochs": 20,
+               "batch_size": 17, "balance": "oversample", "augment": True, "tta": False},
+    # Full fine-tuning (measured on one GPU: WBC macro-F1 0.945-0.951 in 5-fold CV at 224 px).
+    "finetune": {"finetune": "all", "optimizer": "adamw", "lr": 5e-4, "weight_decay": 1e-4, "schedule": "onecycle",
+                 "warmup": 0.15, "backbone_lr_factor": 1.0, "epochs": 25, "batch_size": 32, "label_smoothing": 0.1,
+                 "balance": "weights", "augment": True, "rotation": 180.0, "shift": 0.05, "shear": 0.0, "zoom": 0.15,
+                 "hflip": True, "vflip": True, "brightness": 0.2, "patience": 0, "restore_best": False,
+                 "dropout": 0.2, "tta": True},
+}
+
+
 def build_config(config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the YAML file's values, then explicit overrides (empty strings and None are 'not given')."""
+    """Defaults, then the recipe's values, then the YAML file's values, then explicit overrides (empty strings
+    and None are 'not given')."""
     values: dict[str, Any] = {}
     if config_path:
         for name, value in load_yaml(config_path).items():
@@ -210,7 +243,9 @@ def build_config(config_path: str | Path | None = None, overrides: dict[str, Any
         if value is None or (isinstance(value, str) and value == ""):
             continue
         values[name] = _coerce(name, value, "parameter")
-    config = RunConfig(**values)
+    preset = {k: _coerce(k, v, f"recipe={values.get('recipe', 'custom')}")
+              for k, v in RECIPES[values.get("recipe", "custom")].items()}
+    config = RunConfig(**{**preset, **values})
     if config.val_fraction + config.test_fraction >= 0.95:
         raise BloodmlError(f"val_fraction + test_fraction = {config.val_fraction + config.test_fraction:.2f} leaves "
                            f"too little to train on; keep their sum under 0.95.")

@@ -33,8 +33,10 @@ def collect_images(inputs: list[str | Path], pattern: str = "*", exclude: Path |
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
+            # a masks folder *inside* the input folder is skipped (masks beside the images: use --pattern)
+            inside = skip is not None and skip != item.resolve() and skip.is_relative_to(item.resolve())
             files += sorted(p for p in item.rglob(pattern) if p.is_file() and is_image_file(p)
-                            and not (skip is not None and p.resolve().is_relative_to(skip)))
+                            and not (inside and p.resolve().is_relative_to(skip)))
         elif item.is_file():
             files.append(item)
         else:

@@ -18,6 +18,7 @@ import torch
 from . import __version__
 from .cache.keys import image_keys, model_key
 from .cache.store import FeatureStore
+from .compute import CPU, Compute, resolve as resolve_compute
 from .config import RunConfig
 from .data.dataset import ImageSet, preload, stray_note
 from .data.input_spec import InputSpec
@@ -74,7 +75,9 @@ def settings_from(config: RunConfig) -> TrainSettings:
     return TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, balance=config.balance,
                          balance_target=config.balance_target, l1=config.l1, l2=config.l2,
                          label_smoothing=config.label_smoothing, patience=config.patience,
-                         min_delta=config.min_delta, seed=config.seed, restore_best=config.restore_best)
+                         min_delta=config.min_delta, seed=config.seed, restore_best=config.restore_best,
+                         optimizer=config.optimizer, weight_decay=config.weight_decay, schedule=config.schedule,
+                         warmup=config.warmup)
 
 
 def positive_index(config: RunConfig, classes: list[str]) -> int | None:
@@ -85,11 +88,12 @@ def positive_index(config: RunConfig, classes: list[str]) -> int | None:
     return classes.index(name) if name in classes else 1
 
 
-def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = True) -> EvaluationSettings:
+def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = True,
+                        compute: Compute = CPU) -> EvaluationSettings:
     return EvaluationSettings(positive=positive_index(config, classes), threshold=config.threshold,
                               temperature_scaling=config.temperature_scaling,
                               gradcam_samples=config.gradcam_samples if plots else 0, n_boot=config.bootstrap,
-                              seed=config.seed, plots=plots)
+                              seed=config.seed, plots=plots, compute=compute)
 
 
 # --- the steps ---------------------------------------------------------------------------------------------------
@@ -116,34 +120,37 @@ def fitted_spec(spec: InputSpec, train: ImageSet) -> InputSpec:
 
 
 def build_trainer(config: RunConfig, spec: InputSpec, backbone, head, train: ImageSet, val: ImageSet, classes,
-                  progress):
+                  progress, compute: Compute = CPU):
     """Fine-tuning, or a head on frozen-backbone features (cached per augmented view, or the naive loop)."""
     settings = settings_from(config)
     transform = augmentation(config)
     preprocess = Preprocess(spec)
     if config.finetune != "none":
         return FinetuneTrainer(backbone, preprocess, head, train, val, spec, transform, config.finetune,
-                               config.freeze_epochs, config.backbone_lr_factor, len(classes), settings)
+                               config.freeze_epochs, config.backbone_lr_factor, len(classes), settings,
+                               compute=compute)
     views = config.aug_views if transform is not None else 1
     keys = image_keys(train.images, train.regions)
     if config.feature_cache == "off":
-        view_images = [augmented_view(train.images, train.regions, transform, config.seed, v, keys)
+        view_images = [augmented_view(train.images, train.regions, transform, config.seed, v, keys, compute)
                        for v in range(views)]
         return NaiveHeadTrainer(head, backbone, preprocess, view_images, spec, train.labels, val, len(classes),
-                                settings)
+                                settings, compute)
     started = time.perf_counter()
     store = FeatureStore(config.cache_dir or None, use_disk=config.feature_cache == "disk")
     model = model_key(config.backbone, backbone, preprocess, spec.mask_mode)
     train_features = torch.stack([
         view_features(store, model, backbone, preprocess, train.images, train.regions, keys, spec, transform,
-                      config.seed, v, progress, desc=f"features view {v + 1}/{views}") for v in range(views)])
+                      config.seed, v, progress, desc=f"features view {v + 1}/{views}", compute=compute)
+        for v in range(views)])
     val_features = view_features(store, model, backbone, preprocess, val.images, val.regions,
                                  image_keys(val.images, val.regions), spec, None, config.seed, 0, progress,
-                                 desc="features val")
+                                 desc="features val", compute=compute)
     seconds = time.perf_counter() - started
     say(f"features: {views} view(s) x {len(train)} training + {len(val)} validation images in "
         f"{seconds:.1f}s ({store.hits} cached, {store.misses} computed)")
-    trainer = HeadTrainer(head, train_features, train.labels, val_features, val.labels, len(classes), settings)
+    trainer = HeadTrainer(head, train_features, train.labels, val_features, val.labels, len(classes), settings,
+                          compute)
     trainer.feature_seconds = seconds
     return trainer
 
@@ -157,11 +164,12 @@ def open_run(config: RunConfig, parent_run_id: str | None, tags: dict | None, re
         yield run
 
 
-def log_run_inputs(config: RunConfig, data: PreparedData, threads: int, tags: dict | None) -> None:
+def log_run_inputs(config: RunConfig, data: PreparedData, threads: int, compute: Compute, tags: dict | None) -> None:
     """Every parameter, the tags the UI filters on, and the split manifest."""
     log_params(config.to_params())
     set_tags({"masks_used": str(config.masks != "none").lower(), "bloodml.task": "train", "data_format": data.format,
-              "classes": ",".join(data.classes), "threads": str(threads),
+              "classes": ",".join(data.classes), "threads": str(threads), "device": str(compute.device),
+              "device_name": compute.name, "precision_used": compute.precision,
               **(tags or {})})  # the caller's task tag (tune trial, study fold) wins
     log_table(manifest(data.table, str(data.root)), "split_manifest.csv")
 
@@ -203,7 +211,7 @@ def fit_tracked(trainer, config: RunConfig, run_id: str, hook, resume_state: dic
 
 
 def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: PreparedData, sets, result: FitResult,
-                     trainer, plots: bool) -> dict[str, float]:
+                     trainer, plots: bool, compute: Compute) -> dict[str, float]:
     """Validation and test metrics with intervals (over groups when the data has them) and the artefacts."""
     metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
     if getattr(trainer, "feature_seconds", None) is not None:  # frozen backbone: the cached feature step
@@ -211,7 +219,8 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
     groups = {s: data.split(s)["group"].to_numpy() for s in ("val", "test")} if config.group_column else None
     with tempfile.TemporaryDirectory() as tmp:
         metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
-                                result.history, result.best_epoch, evaluation_settings(config, data.classes, plots),
+                                result.history, result.best_epoch,
+                                evaluation_settings(config, data.classes, plots, compute),
                                 Path(tmp), groups))
         log_folder(tmp, "evaluation")
     metrics.update({f"n_{s}": float(len(sets[s])) for s in SPLITS})
@@ -219,8 +228,10 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
 
 
 def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: ImageSet) -> None:
+    """The model is exported on the CPU (PT2), whatever device trained it: it loads anywhere."""
     example = model.spec.network_input(test.images[:2], test.regions[:2])
-    log_model(model, example, {"backbone": config.backbone, "bloodml_version": __version__})
+    log_model(model.cpu().float(), example, {"backbone": config.backbone, "bloodml_version": __version__,
+                                             "tta": str(model.tta).lower()})
 
 
 def run_training(config: RunConfig, data: PreparedData | None = None, parent_run_id: str | None = None,
@@ -232,6 +243,7 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     resume_state = load_checkpoint(checkpoint_path(resume_run_id)) if resume_run_id else None
     progress = show_progress()
     threads = configure(config.threads, config.seed)
+    compute = resolve_compute(config.device, config.precision)
     started = time.perf_counter()
     backbone = create_backbone(config.backbone, config.pretrained, config.weights)  # fail fast on missing weights
     data = data or prepare(config, progress=progress)
@@ -244,11 +256,12 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
 
     uri = configure_tracking()  # only once the inputs are known good: bad input leaves no store behind
     with open_run(config, parent_run_id, tags, resume_run_id) as run:
-        log_run_inputs(config, data, threads, tags)
-        trainer = build_trainer(config, spec, backbone, head, sets["train"], sets["val"], data.classes, progress)
+        log_run_inputs(config, data, threads, compute, tags)
+        trainer = build_trainer(config, spec, backbone, head, sets["train"], sets["val"], data.classes, progress,
+                                compute)
         result = fit_tracked(trainer, config, run.info.run_id, epoch_hook, resume_state)
-        model = BloodCellClassifier(spec, backbone, head, data.classes).eval()
-        metrics = evaluate_and_log(model, config, data, sets, result, trainer, plots)
+        model = BloodCellClassifier(spec, backbone, head, data.classes, tta=config.tta).eval()
+        metrics = evaluate_and_log(model, config, data, sets, result, trainer, plots, compute)
         metrics["train_seconds"] = time.perf_counter() - started
         log_metrics(metrics)
         if log_trained:

@@ -1,4 +1,4 @@
-"""Image transforms: joint image+mask augmentation (torchvision v2) and the preprocessing module.
+"""Image transforms: joint image+mask augmentation (batched, on any device) and the preprocessing module.
 
 :class:`Preprocess` is an ``nn.Module`` built from an :class:`~bloodml.data.input_spec.InputSpec`, so the exact
 preprocessing a model was trained with travels inside the logged model: colour space, stain normalisation, and
@@ -7,40 +7,80 @@ normalisation statistics (fitted on training images only, by :func:`fit_input_sp
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from .input_spec import InputSpec
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """The study's augmentation set, applied to a batch at once (on whatever device the batch is on): one random
+    affine per image (rotation up to ``rotation`` degrees, shift up to ``shift`` of the size, shear up to ``shear``
+    degrees, zoom 1 +/- ``zoom``, flips) sampled with ``grid_sample``, the image bilinearly and its region map by
+    nearest neighbour, so the mask moves with the cell; uncovered corners are filled by reflection (a whole-image
+    model never meets black corners at test time); then brightness 1 +/- ``brightness`` on the image only."""
+
+    rotation: float = 0.0
+    shift: float = 0.0
+    shear: float = 0.0
+    zoom: float = 0.0
+    hflip: bool = False
+    vflip: bool = False
+    brightness: float = 0.0
+    version: str = "affine-reflect-v2"  # part of the feature-cache key: changes when the sampling changes
+
+    def draw(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random parameters of ``n`` images (CPU, float64, from ``generator``: the same on every device)."""
+        u = lambda: torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1  # noqa: E731  U(-1, 1)
+        coin = lambda on: (torch.rand(n, generator=generator, dtype=torch.float64) < 0.5) & on  # noqa: E731
+        return {"angle": u() * math.radians(self.rotation), "shear": u() * math.radians(self.shear),
+                "scale": 1 + u() * self.zoom, "tx": u() * self.shift * 2, "ty": u() * self.shift * 2,
+                "hflip": coin(self.hflip), "vflip": coin(self.vflip), "brightness": 1 + u() * self.brightness}
+
+    def apply(self, images: torch.Tensor, regions: torch.Tensor, params: dict[str, torch.Tensor]):
+        """uint8 images (N,3,S,S) and region maps (N,S,S) -> augmented uint8 images and region maps."""
+        n = len(images)
+        if n == 0:
+            return images, regions
+        angle, shear, scale = params["angle"], params["shear"], params["scale"]
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # output -> input coordinates (normalised to [-1, 1]): rotation x shear / zoom, flips, shift
+        a = torch.stack([torch.stack([cos, -sin + cos * torch.tan(shear)], -1),
+                         torch.stack([sin, cos + sin * torch.tan(shear)], -1)], -2) / scale[:, None, None]
+        flips = torch.stack([torch.where(params["hflip"], -1.0, 1.0), torch.where(params["vflip"], -1.0, 1.0)], -1)
+        a = a * flips.to(a.dtype)[:, None, :]
+        theta = torch.cat([a, torch.stack([params["tx"], params["ty"]], -1)[:, :, None]], dim=2)
+        theta = theta.to(device=images.device, dtype=torch.float32)
+        grid = F.affine_grid(theta, [n, 3, *images.shape[-2:]], align_corners=False)
+        moved = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        moved = moved * params["brightness"].to(device=images.device, dtype=torch.float32)[:, None, None, None]
+        moved_regions = F.grid_sample(regions[:, None].float(), grid, mode="nearest", padding_mode="reflection",
+                                      align_corners=False)[:, 0]
+        return moved.round_().clamp_(0, 255).to(torch.uint8), moved_regions.round_().to(torch.uint8)
+
+    def __call__(self, images: torch.Tensor, regions: torch.Tensor, generator: torch.Generator):
+        return self.apply(images, regions, self.draw(len(images), generator))
+
+
 def build_augmentation(rotation: float, shift: float, shear: float, zoom: float, hflip: bool, vflip: bool,
-                       brightness: float) -> v2.Compose | None:
-    """The student study's augmentation set; geometric steps move the mask with the image, colour steps skip it."""
-    steps: list = []
-    if rotation or shift or shear or zoom:
-        steps.append(v2.RandomAffine(degrees=rotation, translate=(shift, shift) if shift else None,
-                                     scale=(1 - zoom, 1 + zoom) if zoom else None, shear=shear or None))
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if vflip:
-        steps.append(v2.RandomVerticalFlip())
-    if brightness:
-        steps.append(v2.ColorJitter(brightness=brightness))
-    return v2.Compose(steps) if steps else None
+                       brightness: float) -> Augmentation | None:
+    """The augmentation of a run, or None when every magnitude is zero."""
+    augmentation = Augmentation(rotation, shift, shear, zoom, hflip, vflip, brightness)
+    return augmentation if any((rotation, shift, shear, zoom, hflip, vflip, brightness)) else None
 
 
-def augment(images: torch.Tensor, regions: torch.Tensor, transform: v2.Compose | None):
-    """Augment each (image, region map) pair jointly. uint8 in, uint8 out; draws from torch's global RNG."""
+def augment(images: torch.Tensor, regions: torch.Tensor, transform: Augmentation | None,
+            generator: torch.Generator | None = None):
+    """Augment each (image, region map) pair jointly. uint8 in, uint8 out; draws from ``generator`` (torch's
+    default generator when None)."""
     if transform is None:
         return images, regions
-    out_images, out_regions = [], []
-    for image, region in zip(images, regions):
-        image_t, region_t = transform(tv_tensors.Image(image), tv_tensors.Mask(region))
-        out_images.append(image_t.as_subclass(torch.Tensor))
-        out_regions.append(region_t.as_subclass(torch.Tensor))
-    return torch.stack(out_images), torch.stack(out_regions)
+    return transform(images, regions, generator if generator is not None else torch.default_generator)
 
 
 # lαβ colour space for Reinhard colour transfer (Reinhard et al. 2001).

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from sklearn import metrics as skm
 
+from ..compute import CPU, Compute
 from ..data.dataset import ImageSet
 from . import plots
 from .calibration import expected_calibration_error, fit_temperature, reliability_bins
@@ -32,14 +33,19 @@ class EvaluationSettings:
     n_boot: int = 1000
     seed: int = 0
     plots: bool = True  # False: metrics and predictions only (fast, for the many runs of a study)
+    compute: Compute = CPU
 
 
 @torch.no_grad()
-def logits_of(model, images: ImageSet, batch: int = 64) -> torch.Tensor:
-    """The model's logits for preloaded images, made into network input by the model's own input spec."""
-    model.eval()
-    parts = [model.logits(model.spec.network_input(images.images[i:i + batch], images.regions[i:i + batch]))
-             for i in range(0, len(images), batch)]
+def logits_of(model, images: ImageSet, batch: int = 64, compute: Compute = CPU) -> torch.Tensor:
+    """The model's scores (logits; with TTA the log of the views' mean probability) for preloaded images, made
+    into network input by the model's own input spec, computed on ``compute``; float32 on the CPU."""
+    model.eval().to(compute.device)
+    parts = []
+    for i in range(0, len(images), batch):
+        x = model.spec.network_input(compute.put(images.images[i:i + batch]), compute.put(images.regions[i:i + batch]))
+        with compute.autocast():
+            parts.append(model.scores(x).float().cpu())
     return torch.cat(parts) if parts else torch.zeros(0, len(model.class_names))
 
 
@@ -67,7 +73,7 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
     binary = len(classes) == 2
     positive = settings.positive if binary else None
 
-    val_logits = logits_of(model, sets["val"])
+    val_logits = logits_of(model, sets["val"], compute=settings.compute)
     if settings.temperature_scaling and len(val_logits):
         temperature = fit_temperature(val_logits, sets["val"].labels)
         model.temperature.fill_(temperature)
@@ -75,8 +81,8 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
 
     predictions = {}
     for split, prefix in (("val", "val_final_"), ("test", "test_")):
-        logits = val_logits if split == "val" else logits_of(model, sets[split])
-        probabilities = torch.softmax(logits / model.temperature, dim=1).numpy()
+        logits = val_logits if split == "val" else logits_of(model, sets[split], compute=settings.compute)
+        probabilities = torch.softmax(logits / float(model.temperature), dim=1).numpy()
         labels = sets[split].labels.numpy()
         metrics.update(classification_metrics(labels, probabilities, prefix, classes, positive, settings.threshold,
                                               settings.n_boot, settings.seed, groups.get(split)))
@@ -126,7 +132,8 @@ def _saliency(model, test: ImageSet, paths: list[str], classes: list[str], setti
               out: Path) -> dict[str, float]:
     rng = np.random.default_rng(settings.seed)
     sample = np.sort(rng.choice(len(test), size=min(settings.gradcam_samples, len(test)), replace=False))
-    inputs = model.spec.network_input(test.images[sample], test.regions[sample])
+    compute = settings.compute
+    inputs = model.spec.network_input(compute.put(test.images[sample]), compute.put(test.regions[sample]))
     maps, predicted = gradcam_maps(model, inputs)
     regions = test.regions[sample].numpy()
     has_mask = test.has_mask[sample].numpy()

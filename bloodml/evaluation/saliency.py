@@ -53,7 +53,7 @@ def gradcam_maps(classifier, inputs: torch.Tensor, batch: int = 16) -> tuple[np.
             # A frozen backbone has no parameter gradients: let the input carry them to the target layer.
             chunk = inputs[start:start + batch].clone().requires_grad_(True)
             maps.append(cam(input_tensor=chunk, targets=None))
-            predicted.append(cam.outputs.argmax(dim=1).detach().numpy())
+            predicted.append(cam.outputs.argmax(dim=1).detach().cpu().numpy())
     return np.concatenate(maps), np.concatenate(predicted)
 
 

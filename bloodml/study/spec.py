@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import PARAMETERS, RunConfig, build_config, load_yaml, replace
+from ..config import PARAMETERS, RECIPES, RunConfig, build_config, load_yaml, replace
 from ..errors import BloodmlError
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc")
@@ -76,8 +76,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if run_file and not Path(run_file).is_file():
         candidate = Path(path).parent / Path(run_file).name
         run_file = str(candidate) if candidate.is_file() else run_file
-    base = build_config(run_file, {**{k: str(v) for k, v in (content.get("settings") or {}).items()},
-                                   **(overrides or {})})
+    settings = {**{k: str(v) for k, v in (content.get("settings") or {}).items()}, **(overrides or {})}
+    base = build_config(run_file, settings)
     protocol = dict(content.get("protocol") or {})
     kind = protocol.get("type", "cv")
     if kind not in ("cv", "holdout"):
@@ -107,6 +107,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         for factor, level in chosen.items():
             params.update(factors.get(factor, {}).get(level, {}))  # a control's level is set by ``extra``
         params.update(extra or {})
+        if "recipe" in params:  # a recipe level brings its preset; the file's settings and the command line win
+            params = {**RECIPES[str(params["recipe"])], **settings, **params}
         name = _name(chosen)
         return Configuration(name, dict(chosen), replace(base, **params, run_name=name), control)
 

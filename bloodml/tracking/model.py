@@ -76,7 +76,9 @@ def load_model(reference: str):
             if expected and directory_sha256(local) != expected:
                 raise BloodmlError(f"model '{reference}': its files differ from those recorded when it was trained "
                                    f"(SHA-256 mismatch); refusing to load them. Re-log or re-register the model.")
-            model = mlflow.pyfunc.load_model(str(local))
+            # Exported on the CPU (PT2 weights cannot move between devices): load it there even where MLflow
+            # would pick a GPU by default.
+            model = mlflow.pyfunc.load_model(str(local), model_config={"device": "cpu"})
     except (MlflowException, OSError) as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise BloodmlError(f"model '{reference}' could not be loaded ({first}); {hint}")

@@ -29,6 +29,16 @@ def epoch_indices(labels: np.ndarray, mode: str, target: int, rng: np.random.Gen
     return rng.permutation(len(labels))
 
 
+def epoch_length(labels: np.ndarray, mode: str, target: int) -> int:
+    """How many draws :func:`epoch_indices` makes per epoch (known before drawing: schedules need it)."""
+    labels = np.asarray(labels)
+    if mode != "oversample" or not len(labels):
+        return len(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    goal = target or int(counts.max())
+    return int(sum(max(int(c), goal) for c in counts))
+
+
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """'balanced' weights n / (k * n_c), as scikit-learn computes them; absent classes get weight 0."""
     counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)

@@ -8,6 +8,7 @@ augmented images.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -17,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compute import CPU, Compute
 from ..data.dataset import ImageSet
 from ..data.input_spec import InputSpec
-from ..data.transforms import Preprocess, augment
+from ..data.transforms import Augmentation, Preprocess
 from ..models.head import Head
 from ..models.registry import Backbone
 from ..scoring import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from
-from .balancing import class_weights, epoch_indices
+from .balancing import class_weights, epoch_indices, epoch_length
 from .early_stopping import EarlyStopping
 from .regularisation import penalised, penalty
 
@@ -42,6 +44,10 @@ class TrainSettings:
     min_delta: float = 0.0
     seed: int = 0
     restore_best: bool = True
+    optimizer: str = "adam"  # adam or adamw (decoupled weight decay)
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant, onecycle or cosine (per batch)
+    warmup: float = 0.0  # share of all steps spent warming up (onecycle, cosine)
 
 
 @dataclass(frozen=True)
@@ -71,14 +77,52 @@ class FitResult:
     best_val_loss: float
 
 
-class _Trainer:
-    """Shared parts: the loss (class weights, label smoothing, L1/L2) and the batching of one epoch."""
+def make_optimiser(groups: list[dict], settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+    return torch.optim.Adam(groups, weight_decay=settings.weight_decay)
 
-    def __init__(self, head: Head, train_labels: torch.Tensor, num_classes: int, settings: TrainSettings):
-        self.head, self.settings, self.num_classes = head, settings, num_classes
+
+def make_schedule(optimiser: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int):
+    """A per-batch learning-rate schedule over the whole run (None: constant)."""
+    total = max(settings.epochs * max(steps_per_epoch, 1), 1)
+    warm = settings.warmup
+    if settings.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=[g["lr"] for g in optimiser.param_groups],
+                                                   total_steps=total, pct_start=warm or 0.15,
+                                                   anneal_strategy="cos", cycle_momentum=False)
+    if settings.schedule == "cosine":
+        warm_steps = int(round(warm * total))
+
+        def factor(step: int) -> float:
+            if step < warm_steps:
+                return (step + 1) / warm_steps
+            progress = (step - warm_steps) / max(total - warm_steps, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    return None
+
+
+class _Trainer:
+    """Shared parts: the loss (class weights, label smoothing, L1/L2), the optimiser and its schedule, mixed
+    precision, and the batching of one epoch."""
+
+    def __init__(self, head: Head, train_labels: torch.Tensor, num_classes: int, settings: TrainSettings,
+                 compute: Compute = CPU):
+        self.head, self.settings, self.num_classes, self.compute = head, settings, num_classes, compute
         self.train_labels = train_labels
         self.rng = np.random.default_rng(settings.seed)
-        self.weights = class_weights(train_labels.numpy(), num_classes) if settings.balance == "weights" else None
+        weights = class_weights(train_labels.numpy(), num_classes) if settings.balance == "weights" else None
+        self.weights = weights.to(compute.device) if weights is not None else None
+        self.scaler = compute.scaler()
+        self.schedule = None
+        head.to(compute.device)
+
+    def set_optimiser(self, groups: list[dict]) -> None:
+        self.optimiser = make_optimiser(groups, self.settings)
+        steps = math.ceil(epoch_length(self.train_labels.numpy(), self.settings.balance, self.settings.balance_target)
+                          / self.settings.batch_size)
+        self.schedule = make_schedule(self.optimiser, self.settings, steps)
 
     def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, weight=self.weights, label_smoothing=self.settings.label_smoothing)
@@ -95,21 +139,29 @@ class _Trainer:
         return [order[i:i + size] for i in range(0, len(order), size)]
 
     def optimise(self, optimiser: torch.optim.Optimizer, logits: torch.Tensor, targets: torch.Tensor) -> float:
-        loss = self.data_loss(logits, targets)
+        loss = self.data_loss(logits.float(), targets)
         total = loss + self.regularisation()
         optimiser.zero_grad(set_to_none=True)
-        total.backward()
-        optimiser.step()
+        self.scaler.scale(total).backward()
+        self.scaler.step(optimiser)
+        self.scaler.update()
+        if self.schedule is not None:
+            self.schedule.step()
         return float(loss.detach())
 
     def checkpoint_state(self) -> dict:
-        """Everything needed to continue exactly: weights, optimiser, and every random number generator."""
-        return {"model": self.state(), "optimiser": self.optimiser.state_dict(),
-                "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        """Everything needed to continue exactly: weights, optimiser, schedule, and every random generator."""
+        state = {"model": self.state(), "optimiser": self.optimiser.state_dict(),
+                 "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        if self.schedule is not None:
+            state["schedule"] = self.schedule.state_dict()
+        return state
 
     def load_checkpoint_state(self, state: dict) -> None:
         self.load_state(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
+        if self.schedule is not None and "schedule" in state:
+            self.schedule.load_state_dict(state["schedule"])
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
 
@@ -123,10 +175,12 @@ class HeadTrainer(_Trainer):
     """Frozen backbone: ``train_features`` is (views, N, D); each draw of an image picks one of its views."""
 
     def __init__(self, head: Head, train_features: torch.Tensor, train_labels: torch.Tensor,
-                 val_features: torch.Tensor, val_labels: torch.Tensor, num_classes: int, settings: TrainSettings):
-        super().__init__(head, train_labels, num_classes, settings)
-        self.train_features, self.val_features, self.val_labels = train_features, val_features, val_labels
-        self.optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
+                 val_features: torch.Tensor, val_labels: torch.Tensor, num_classes: int, settings: TrainSettings,
+                 compute: Compute = CPU):
+        super().__init__(head, train_labels, num_classes, settings, compute)
+        self.train_features, self.val_features = compute.put(train_features), compute.put(val_features)
+        self.val_labels = val_labels
+        self.set_optimiser([{"params": list(head.parameters()), "lr": settings.lr}])
 
     def trained_parameters(self):
         return list(self.head.parameters())
@@ -137,7 +191,7 @@ class HeadTrainer(_Trainer):
         for index in self.batches():
             view = self.rng.integers(0, self.views, size=len(index))
             x = self.batch_features(view, index)
-            y = self.train_labels[torch.as_tensor(index)]
+            y = self.compute.put(self.train_labels[torch.as_tensor(index)])
             logits = self.head(x)
             losses.append(self.optimise(self.optimiser, logits, y))
             sizes.append(len(index))
@@ -149,7 +203,8 @@ class HeadTrainer(_Trainer):
         return self.train_features.shape[0]
 
     def batch_features(self, view: np.ndarray, index: np.ndarray) -> torch.Tensor:
-        return self.train_features[torch.as_tensor(view), torch.as_tensor(index)]
+        device = self.train_features.device
+        return self.train_features[torch.as_tensor(view, device=device), torch.as_tensor(index, device=device)]
 
     def validation_features(self) -> torch.Tensor:
         return self.val_features
@@ -157,7 +212,7 @@ class HeadTrainer(_Trainer):
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         self.head.eval()
-        return validation_scores(self.head(self.validation_features()), self.val_labels)
+        return validation_scores(self.head(self.validation_features()).float().cpu(), self.val_labels)
 
     def state(self) -> dict:
         return {k: v.detach().clone() for k, v in self.head.state_dict().items()}
@@ -171,12 +226,13 @@ class NaiveHeadTrainer(HeadTrainer):
     epoch. Same views, same draws, same head updates as :class:`HeadTrainer` (for benchmarks and equivalence)."""
 
     def __init__(self, head: Head, backbone: Backbone, preprocess: Preprocess, view_images: list, spec: InputSpec,
-                 train_labels: torch.Tensor, val: ImageSet, num_classes: int, settings: TrainSettings):
-        _Trainer.__init__(self, head, train_labels, num_classes, settings)
+                 train_labels: torch.Tensor, val: ImageSet, num_classes: int, settings: TrainSettings,
+                 compute: Compute = CPU):
+        _Trainer.__init__(self, head, train_labels, num_classes, settings, compute)
         self.backbone, self.preprocess, self.view_images, self.spec, self.val = (
-            backbone, preprocess, view_images, spec, val)
+            backbone.to(compute.device), preprocess.to(compute.device), view_images, spec, val)
         self.val_labels = val.labels
-        self.optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
+        self.set_optimiser([{"params": list(head.parameters()), "lr": settings.lr}])
 
     @property
     def views(self) -> int:
@@ -185,9 +241,9 @@ class NaiveHeadTrainer(HeadTrainer):
     def _features(self, images, regions) -> torch.Tensor:
         with torch.no_grad():
             self.backbone.eval()
-            x = self.preprocess(self.spec.network_input(images, regions)).contiguous(
-                memory_format=torch.channels_last)
-            return self.backbone(x)
+            x = self.preprocess(self.spec.network_input(self.compute.put(images), self.compute.put(regions)))
+            with self.compute.autocast():
+                return self.backbone(x.contiguous(memory_format=torch.channels_last)).float()
 
     def batch_features(self, view: np.ndarray, index: np.ndarray) -> torch.Tensor:
         images = torch.stack([self.view_images[v][0][i] for v, i in zip(view, index)])
@@ -203,9 +259,12 @@ class FinetuneTrainer(_Trainer):
     on the fly; the first ``freeze_epochs`` train the head alone."""
 
     def __init__(self, backbone: Backbone, preprocess: Preprocess, head: Head, train: ImageSet, val: ImageSet,
-                 spec: InputSpec, transform, finetune: str, freeze_epochs: int, backbone_lr_factor: float,
-                 num_classes: int, settings: TrainSettings, eval_batch: int = 64):
-        super().__init__(head, train.labels, num_classes, settings)
+                 spec: InputSpec, transform: Augmentation | None, finetune: str, freeze_epochs: int,
+                 backbone_lr_factor: float, num_classes: int, settings: TrainSettings, eval_batch: int = 64,
+                 compute: Compute = CPU):
+        super().__init__(head, train.labels, num_classes, settings, compute)
+        backbone.to(compute.device)
+        preprocess.to(compute.device)
         self.backbone, self.preprocess, self.train, self.val = backbone, preprocess, train, val
         self.spec, self.transform, self.finetune, self.freeze_epochs = spec, transform, finetune, freeze_epochs
         self.eval_batch = eval_batch
@@ -217,10 +276,8 @@ class FinetuneTrainer(_Trainer):
             self.unfrozen = [p for m in self.trainable_modules for p in m.parameters()]
         for p in backbone.parameters():
             p.requires_grad_(False)
-        self.optimiser = torch.optim.Adam([
-            {"params": list(head.parameters()), "lr": settings.lr},
-            {"params": self.unfrozen, "lr": settings.lr * backbone_lr_factor},
-        ])
+        self.set_optimiser([{"params": list(head.parameters()), "lr": settings.lr},
+                            {"params": self.unfrozen, "lr": settings.lr * backbone_lr_factor}])
         self.backbone.to(memory_format=torch.channels_last)
 
     def trained_parameters(self):
@@ -237,17 +294,22 @@ class FinetuneTrainer(_Trainer):
         self.head.train()
 
     def _logits(self, images, regions) -> torch.Tensor:
+        """Images and region maps already on the device -> logits (float32), under the run's precision."""
         x = self.preprocess(self.spec.network_input(images, regions)).contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(x))
+        with self.compute.autocast():
+            return self.head(self.backbone(x)).float()
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         self._set_mode(epoch)
-        torch.manual_seed(self.settings.seed * 1000 + epoch)
+        torch.manual_seed(self.settings.seed * 1000 + epoch)  # dropout
+        draws = torch.Generator().manual_seed(self.settings.seed * 1000 + epoch)  # augmentation, same on any device
         losses, sizes, correct = [], [], 0
         for index in self.batches():
             idx = torch.as_tensor(index)
-            images, regions = augment(self.train.images[idx], self.train.regions[idx], self.transform)
-            y = self.train.labels[idx]
+            images, regions = self.compute.put(self.train.images[idx]), self.compute.put(self.train.regions[idx])
+            if self.transform is not None:  # on the device, the whole batch at once
+                images, regions = self.transform(images, regions, draws)
+            y = self.compute.put(self.train.labels[idx])
             logits = self._logits(images, regions)
             losses.append(self.optimise(self.optimiser, logits, y))
             sizes.append(len(index))
@@ -258,7 +320,9 @@ class FinetuneTrainer(_Trainer):
     def validate(self) -> dict[str, float]:
         self.backbone.eval()
         self.head.eval()
-        logits = torch.cat([self._logits(self.val.images[i:i + self.eval_batch], self.val.regions[i:i + self.eval_batch])
+        put = self.compute.put
+        logits = torch.cat([self._logits(put(self.val.images[i:i + self.eval_batch]),
+                                         put(self.val.regions[i:i + self.eval_batch])).cpu()
                             for i in range(0, len(self.val), self.eval_batch)])
         return validation_scores(logits, self.val.labels)
 
