@@ -7,7 +7,7 @@ the two images are registered onto each other (flip/rotation, then scale and shi
 
 - :func:`fingerprint`: the hash of an image in every flip/rotation and a few crops (re-cropped copies), as uint64.
 - :func:`candidate_pairs`: pairs whose hashes are within a Hamming distance, in row chunks (memory grows with n).
-- :func:`copy_similarity`: the second look, 1.0 for the same pixels; distinct cells score far lower.
+- :func:`hinted_similarity` / :func:`copy_similarity`: the second look, 1.0 for the same pixels; distinct cells score far lower.
 
 Pure numpy/scipy on RGB arrays; no files, no MLflow.
 """
@@ -244,19 +244,6 @@ def copy_similarity(rgb_a: np.ndarray, rgb_b: np.ndarray) -> float:
         for whole, part in ((a, turned), (turned, a)):
             best = max(best, _compare(whole, part, _starts(whole.size, part.size), None))
     return best[1]
-
-
-def confirmed_copies(canvases, candidates: np.ndarray, threshold: float = COPY_SIMILARITY) -> list[tuple[int, int, float]]:
-    """(i, j, similarity) of the candidate rows whose second look reaches ``threshold`` (at least
-    ``SMALL_SIMILARITY`` when either image is under ``SMALL_SIDE`` pixels a side). ``canvases(i)`` gives image i's
-    :class:`Canvas` (the caller decides how images are read and kept)."""
-    confirmed = []
-    for i, j, _distance, variant, swapped in candidates:
-        a, b = canvases(int(i)), canvases(int(j))
-        similarity = hinted_similarity(a, b, variant, swapped)
-        if similarity >= similarity_bar(threshold, a, b):
-            confirmed.append((int(i), int(j), similarity))
-    return confirmed
 
 
 def similarity_bar(threshold: float, a: Canvas, b: Canvas) -> float:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .images import read_rgb
 from .input_spec import InputSpec
-from .masks import read_regions
+from .masks import parse_mask_codes, read_regions
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _load_sample(path: str, mask_path: str | None, size: int, codes_text: str, t
     rgb = read_rgb(path)
     regions, strays = None, 0
     if mask_path:
-        codes = InputSpec(mask_codes=codes_text).codes()
+        codes = parse_mask_codes(codes_text) if codes_text else None
         regions, strays = read_regions(mask_path, rgb.shape[:2], codes, tolerance)
     image = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
     if regions is None:

@@ -11,6 +11,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+
+from ..errors import BloodmlError
 
 LAUNCHED_RUN = "MLFLOW_RUN_ID"  # set by `mlflow run` for the entry point's process: that run is ours
 
@@ -174,10 +177,6 @@ def find_runs(filter_string: str, order_by: list[str] | None = None, experiment_
 
 def logged_params(run_id: str) -> dict[str, str]:
     """The parameters a run logged; a one-line error when the run is not in the store."""
-    from mlflow.exceptions import MlflowException
-
-    from ..errors import BloodmlError
-
     try:
         return dict(get_run(run_id).data.params)
     except MlflowException:

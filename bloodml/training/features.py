@@ -33,10 +33,10 @@ def augmented_view(images: torch.Tensor, regions: torch.Tensor, transform: Augme
                    view: int, keys: list[str], compute: Compute = CPU):
     """View ``view`` of every image, each drawn from its own seed (image content + view + seed), so an image's
     view is the same whichever split or batch it is in, on whatever device; the global RNG is left untouched."""
-    if transform is None:
+    if transform is None or not len(keys):
         return images, regions
     drawn = [transform.draw(1, torch.Generator().manual_seed(per_image_seed(seed, view, key))) for key in keys]
-    params = {name: torch.cat([d[name] for d in drawn]) for name in drawn[0]} if drawn else transform.draw(0, None)
+    params = {name: torch.cat([d[name] for d in drawn]) for name in drawn[0]}
     moved, moved_regions = transform.apply(compute.put(images), compute.put(regions), params)
     return moved.cpu(), moved_regions.cpu()
 
