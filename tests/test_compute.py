@@ -143,3 +143,59 @@ def test_tta_averages_the_probabilities_of_flips_and_transpose():
         expected = torch.stack([plain(v) for v in views]).mean(0)
         assert torch.allclose(tta(x), expected, atol=1e-6)
         assert not torch.allclose(plain(x), expected, atol=1e-4)
+
+
+def test_one_batch_shape_on_a_gpu_changes_no_result():
+    """On a GPU short batches are padded to one shape (each new shape costs the convolution libraries seconds of
+    planning): the padded rows must change nothing. Forced on here with fixed_shapes=True."""
+    from bloodml.data.dataset import ImageSet
+    from bloodml.data.input_spec import InputSpec
+    from bloodml.data.transforms import Preprocess
+    from bloodml.evaluation.report import logits_of
+    from bloodml.models.classifier import BloodCellClassifier
+    from bloodml.models.head import Head
+    from bloodml.models.registry import create_backbone
+    from bloodml.training.features import extract_features
+
+    torch.manual_seed(0)
+    spec = InputSpec(image_size=32, mask_mode="cell")
+    backbone = create_backbone("test_efficientnet", pretrained=False)
+    images = torch.randint(0, 256, (11, 3, 32, 32), dtype=torch.uint8)
+    regions = torch.randint(0, 3, (11, 32, 32), dtype=torch.uint8)
+    padded = Compute(torch.device("cpu"), "fp32", fixed_shapes=True)
+    assert padded.padded(images[:3], 8).shape[0] == 8 and resolve("cpu").padded(images[:3], 8).shape[0] == 3
+    plain = extract_features(backbone, Preprocess(spec), images, regions, spec, batch_size=8, progress=False)
+    fixed = extract_features(backbone, Preprocess(spec), images, regions, spec, batch_size=8, progress=False,
+                             compute=padded)
+    assert fixed.shape == plain.shape and torch.allclose(fixed, plain, atol=1e-5)
+    model = BloodCellClassifier(spec, backbone, Head(backbone.feature_dim, 3), ["a", "b", "c"], tta=True)
+    data = ImageSet(images, regions, torch.ones(11, dtype=torch.bool), torch.zeros(11, dtype=torch.long))
+    plain = logits_of(model, data, batch=4)
+    fixed = logits_of(model, data, batch=4, compute=padded)
+    assert fixed.shape == (11, 3) and torch.allclose(fixed, plain, atol=1e-5)
+
+
+def test_fine_tuning_takes_full_batches_only_and_its_schedule_matches():
+    """A short last batch is dropped when fine-tuning (one shape on a GPU; never one image in batch norm); the
+    one-cycle schedule counts exactly the steps taken (OneCycleLR refuses a step past its total)."""
+    from bloodml.data.dataset import ImageSet
+    from bloodml.data.input_spec import InputSpec
+    from bloodml.data.transforms import Preprocess
+    from bloodml.models.head import Head
+    from bloodml.models.registry import create_backbone
+    from bloodml.training.loop import FinetuneTrainer, TrainSettings
+
+    spec = InputSpec(image_size=32)
+    backbone = create_backbone("test_efficientnet", pretrained=False)
+    n = 21
+    data = ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.zeros(n, 32, 32, dtype=torch.uint8),
+                    torch.zeros(n, dtype=torch.bool), torch.arange(n) % 3)
+    settings = TrainSettings(epochs=2, batch_size=8, lr=1e-3, schedule="onecycle", optimizer="adamw")
+    trainer = FinetuneTrainer(backbone, Preprocess(spec), Head(backbone.feature_dim, 3), data, data.subset(range(5)),
+                              spec, build_augmentation(180, 0.05, 0, 0.1, True, True, 0.1), "all", 0, 1.0, 3, settings)
+    sizes = [len(b) for b in trainer.batches()]
+    assert sizes == [8, 8]
+    for epoch in (1, 2):
+        loss, accuracy = trainer.train_epoch(epoch)
+        assert np.isfinite(loss) and 0 <= accuracy <= 1
+    assert trainer.schedule.last_epoch == 4  # two steps per epoch, two epochs: the schedule's very end

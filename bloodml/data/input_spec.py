@@ -28,7 +28,7 @@ def apply_mask(images: torch.Tensor, regions: torch.Tensor, mode: str) -> torch.
     keep = MASK_MODES[mode]
     if keep is None:
         return images
-    inside = torch.isin(regions, torch.tensor(keep, dtype=regions.dtype))
+    inside = torch.isin(regions, torch.tensor(keep, dtype=regions.dtype, device=regions.device))
     return images * inside.unsqueeze(1).to(images.dtype)
 
 

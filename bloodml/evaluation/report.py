@@ -44,8 +44,9 @@ def logits_of(model, images: ImageSet, batch: int = 64, compute: Compute = CPU) 
     parts = []
     for i in range(0, len(images), batch):
         x = model.spec.network_input(compute.put(images.images[i:i + batch]), compute.put(images.regions[i:i + batch]))
+        n = len(x)
         with compute.autocast():
-            parts.append(model.scores(x).float().cpu())
+            parts.append(model.scores(compute.padded(x, batch))[:n].float().cpu())
     return torch.cat(parts) if parts else torch.zeros(0, len(model.class_names))
 
 

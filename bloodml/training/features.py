@@ -12,20 +12,22 @@ from ..data.transforms import Augmentation, Preprocess
 from ..models.registry import Backbone
 
 
-@torch.inference_mode()
 def extract_features(backbone: Backbone, preprocess: Preprocess, images: torch.Tensor, regions: torch.Tensor,
                      spec: InputSpec, batch_size: int = 64, desc: str = "features", progress: bool = True,
                      compute: Compute = CPU) -> torch.Tensor:
     """Pooled backbone features (N, D), float32 on the CPU, computed on ``compute``'s device and precision."""
-    backbone.eval().to(compute.device)
+    backbone.eval().to(compute.device)  # outside inference mode: the moved weights stay usable for Grad-CAM
     preprocess.to(compute.device)
     out = []
     starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        x = spec.network_input(compute.put(images[start:start + batch_size]),
-                               compute.put(regions[start:start + batch_size]))
-        with compute.autocast():
-            out.append(backbone(preprocess(x).contiguous(memory_format=torch.channels_last)).float().cpu())
+    with torch.inference_mode():
+        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+            x = spec.network_input(compute.put(images[start:start + batch_size]),
+                                   compute.put(regions[start:start + batch_size]))
+            n = len(x)
+            x = preprocess(compute.padded(x, batch_size)).contiguous(memory_format=torch.channels_last)
+            with compute.autocast():
+                out.append(backbone(x)[:n].float().cpu())
     return torch.cat(out) if out else torch.zeros(0, backbone.feature_dim)
 
 

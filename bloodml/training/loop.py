@@ -116,12 +116,14 @@ class _Trainer:
         self.weights = weights.to(compute.device) if weights is not None else None
         self.scaler = compute.scaler()
         self.schedule = None
+        self.drop_last = False  # FinetuneTrainer: one batch shape, and no batch of one image in batch norm
         head.to(compute.device)
 
     def set_optimiser(self, groups: list[dict]) -> None:
         self.optimiser = make_optimiser(groups, self.settings)
-        steps = math.ceil(epoch_length(self.train_labels.numpy(), self.settings.balance, self.settings.balance_target)
-                          / self.settings.batch_size)
+        length = epoch_length(self.train_labels.numpy(), self.settings.balance, self.settings.balance_target)
+        size = self.settings.batch_size
+        steps = length // size if self.drop_last and length > size else math.ceil(length / size)
         self.schedule = make_schedule(self.optimiser, self.settings, steps)
 
     def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -136,9 +138,11 @@ class _Trainer:
     def batches(self) -> list[np.ndarray]:
         order = epoch_indices(self.train_labels.numpy(), self.settings.balance, self.settings.balance_target, self.rng)
         size = self.settings.batch_size
-        return [order[i:i + size] for i in range(0, len(order), size)]
+        end = len(order) - len(order) % size if self.drop_last and len(order) > size else len(order)
+        return [order[i:i + size] for i in range(0, end, size)]
 
-    def optimise(self, optimiser: torch.optim.Optimizer, logits: torch.Tensor, targets: torch.Tensor) -> float:
+    def optimise(self, optimiser: torch.optim.Optimizer, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One step; returns the data loss, still on the device (read once per epoch: no wait per batch)."""
         loss = self.data_loss(logits.float(), targets)
         total = loss + self.regularisation()
         optimiser.zero_grad(set_to_none=True)
@@ -147,7 +151,7 @@ class _Trainer:
         self.scaler.update()
         if self.schedule is not None:
             self.schedule.step()
-        return float(loss.detach())
+        return loss.detach()
 
     def checkpoint_state(self) -> dict:
         """Everything needed to continue exactly: weights, optimiser, schedule, and every random generator."""
@@ -166,9 +170,11 @@ class _Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     @staticmethod
-    def summarise(losses: list[float], sizes: list[int], correct: int) -> tuple[float, float]:
+    def summarise(losses: list[torch.Tensor], sizes: list[int], correct) -> tuple[float, float]:
+        """Mean loss and accuracy of an epoch; the one point where the host waits for the device."""
         n = sum(sizes)
-        return float(np.dot(losses, sizes) / max(n, 1)), correct / max(n, 1)
+        values = torch.stack(losses).double().cpu().numpy() if losses else np.zeros(0)
+        return float(np.dot(values, sizes) / max(n, 1)), int(correct) / max(n, 1)
 
 
 class HeadTrainer(_Trainer):
@@ -195,7 +201,7 @@ class HeadTrainer(_Trainer):
             logits = self.head(x)
             losses.append(self.optimise(self.optimiser, logits, y))
             sizes.append(len(index))
-            correct += int((logits.argmax(1) == y).sum())
+            correct += (logits.argmax(1) == y).sum()
         return self.summarise(losses, sizes, correct)
 
     @property
@@ -263,8 +269,11 @@ class FinetuneTrainer(_Trainer):
                  backbone_lr_factor: float, num_classes: int, settings: TrainSettings, eval_batch: int = 64,
                  compute: Compute = CPU):
         super().__init__(head, train.labels, num_classes, settings, compute)
+        self.drop_last = True
         backbone.to(compute.device)
         preprocess.to(compute.device)
+        train = ImageSet(*(compute.resident(t) for t in (train.images, train.regions)), train.has_mask,
+                         compute.resident(train.labels))
         self.backbone, self.preprocess, self.train, self.val = backbone, preprocess, train, val
         self.spec, self.transform, self.finetune, self.freeze_epochs = spec, transform, finetune, freeze_epochs
         self.eval_batch = eval_batch
@@ -305,7 +314,7 @@ class FinetuneTrainer(_Trainer):
         draws = torch.Generator().manual_seed(self.settings.seed * 1000 + epoch)  # augmentation, same on any device
         losses, sizes, correct = [], [], 0
         for index in self.batches():
-            idx = torch.as_tensor(index)
+            idx = torch.as_tensor(index, device=self.train.images.device)
             images, regions = self.compute.put(self.train.images[idx]), self.compute.put(self.train.regions[idx])
             if self.transform is not None:  # on the device, the whole batch at once
                 images, regions = self.transform(images, regions, draws)
@@ -313,7 +322,7 @@ class FinetuneTrainer(_Trainer):
             logits = self._logits(images, regions)
             losses.append(self.optimise(self.optimiser, logits, y))
             sizes.append(len(index))
-            correct += int((logits.argmax(1) == y).sum())
+            correct += (logits.argmax(1) == y).sum()
         return self.summarise(losses, sizes, correct)
 
     @torch.no_grad()
@@ -321,9 +330,13 @@ class FinetuneTrainer(_Trainer):
         self.backbone.eval()
         self.head.eval()
         put = self.compute.put
-        logits = torch.cat([self._logits(put(self.val.images[i:i + self.eval_batch]),
-                                         put(self.val.regions[i:i + self.eval_batch])).cpu()
-                            for i in range(0, len(self.val), self.eval_batch)])
+        parts = []
+        for i in range(0, len(self.val), self.eval_batch):
+            images = put(self.val.images[i:i + self.eval_batch])
+            n, pad = len(images), self.compute.padded
+            parts.append(self._logits(pad(images, self.eval_batch),
+                                      pad(put(self.val.regions[i:i + self.eval_batch]), self.eval_batch))[:n].cpu())
+        logits = torch.cat(parts)
         return validation_scores(logits, self.val.labels)
 
     def state(self) -> dict:
