@@ -62,6 +62,28 @@ def train(config_path, resume_run_id, **values):
 
 @cli.command()
 @run_options
+@click.option("--register", "register_as", default="", metavar="NAME",
+              help="register the segmenter under NAME in the Model Registry, alias champion")
+def segment(config_path, register_as, **values):
+    """Train a cell segmenter (background / cytoplasm / nucleus) on the expert masks; log it to MLflow."""
+    from .segment import run_segment
+
+    run_segment(_config(config_path, values), register_as)
+
+
+@cli.command("segment-score")
+@click.option("-m", "--model", "reference", required=True,
+              help="the segmenter: runs:/<id>/segmenter, models:/<name>@<alias> or a run ID")
+@run_options
+def segment_score(reference, config_path, **values):
+    """Score a segmenter on another dataset's expert masks (Dice/IoU with intervals, overlay gallery)."""
+    from .segment import score_segmenter
+
+    score_segmenter(reference, _config(config_path, values))
+
+
+@cli.command()
+@run_options
 @click.option("--n_trials", "--n-trials", "n_trials", default=20, show_default=True, type=int,
               help="finished-or-pruned trials the study should hold (all workers together)")
 @click.option("--timeout", default=0.0, show_default=True, type=float,
@@ -175,13 +197,18 @@ def register(run_id, name, alias):
 @click.option("-o", "--output", default="predictions.csv", show_default=True, help="CSV to write")
 @click.option("--pattern", default="*", show_default=True,
               help="file names to take from folders, e.g. '*.bmp' when masks sit beside the images")
-def predict(reference, inputs, masks_dir, output, pattern):
+@click.option("--masks-from", "--masks_from", "masks_from", default="",
+              help="masked models: auto (a mask where there is one, else the segmenter) or model:<uri> (the "
+                   "segmenter for every image); default: as the model was trained")
+@click.option("--segmenter", default="", help="the segmenter for --masks-from auto (runs:/<id>/segmenter, models:/...)")
+def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter):
     """Classify images (files or folders) with a trained model; writes a CSV of labels and probabilities."""
     from .predict import predict_images
     from .tracking.store import configure_tracking
 
     configure_tracking()
-    table = predict_images(reference, list(inputs), masks_dir, pattern=pattern)
+    table = predict_images(reference, list(inputs), masks_dir, pattern=pattern, masks_from=masks_from,
+                           segmenter=segmenter)
     target = Path(output)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")

@@ -71,8 +71,16 @@ class RunConfig:
                                    group="model")
     dropout: float = _p(0.2, "dropout before the classification head", low=0.0, high=0.95, group="model")
     # --- masks and preprocessing ------------------------------------------------------------------------------
-    masks: str = _p("none", "what the network sees: whole image, cell only, nucleus only, background only",
-                    ("none", "cell", "nucleus", "background"), group="preprocessing")
+    masks: str = _p("none", "what the network sees: whole image, cell only, nucleus only, background only, a square "
+                            "crop around the cell, the same crop with the background zeroed",
+                    ("none", "cell", "nucleus", "background", "crop", "crop_cell"), group="preprocessing")
+    masks_from: str = _p("expert", "where region maps come from: expert (mask files), auto (the expert mask where "
+                                   "the image has one, else the segmenter), model:<uri> (the segmenter for every "
+                                   "image)", group="preprocessing")
+    segmenter: str = _p("", "the segmenter for masks_from=auto: runs:/<id>/segmenter, models:/<name>@<alias> or a "
+                            "run ID (bloodml segment trains one)", group="preprocessing")
+    crop_margin: float = _p(0.1, "masks=crop/crop_cell: margin around the cell's box, a share of its larger side",
+                            low=0.0, high=2.0, group="preprocessing")
     color_space: str = _p("rgb", "input colour space", ("rgb", "bgr", "gray", "hsv"), group="preprocessing")
     normalize: str = _p("imagenet", "normalisation: backbone's pretraining stats, training-split stats, per image",
                         ("imagenet", "dataset", "per_image"), group="preprocessing")
@@ -179,6 +187,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise BloodmlError(f"{source}: {name}='{value}' is not a valid {kind.__name__}; e.g. "
                            f"{name}={_format(spec.default) or '...'}.")
     meta = spec.metadata
+    if name == "masks_from" and not (result in ("expert", "auto") or (result.startswith("model:") and result[6:])):
+        raise BloodmlError(f"{source}: masks_from='{result}' is not allowed; use expert, auto (with segmenter=<uri>) "
+                           f"or model:<uri>.")
     if meta["choices"] and result not in meta["choices"]:
         raise BloodmlError(f"{source}: {name}='{result}' is not allowed; use one of {', '.join(meta['choices'])}.")
     if meta["low"] is not None and not (meta["low"] <= result <= meta["high"]):
@@ -246,6 +257,9 @@ def build_config(config_path: str | Path | None = None, overrides: dict[str, Any
     preset = {k: _coerce(k, v, f"recipe={values.get('recipe', 'custom')}")
               for k, v in RECIPES[values.get("recipe", "custom")].items()}
     config = RunConfig(**{**preset, **values})
+    if config.masks_from == "auto" and not config.segmenter:
+        raise BloodmlError("masks_from=auto needs a segmenter: add segmenter=<runs:/<id>/segmenter or "
+                           "models:/<name>@<alias>> (bloodml segment trains one).")
     if config.val_fraction + config.test_fraction >= 0.95:
         raise BloodmlError(f"val_fraction + test_fraction = {config.val_fraction + config.test_fraction:.2f} leaves "
                            f"too little to train on; keep their sum under 0.95.")

@@ -14,6 +14,7 @@ from .errors import BloodmlError
 from .evaluation.calibration import expected_calibration_error
 from .evaluation.metrics import classification_metrics, majority_rate
 from .predict import loaded_model, model_probabilities
+from .segmentation.source import with_masks_from
 from .runtime import say
 from .tracking.runs import log_metrics, log_params, log_table, training_run
 from .tracking.store import configure_tracking
@@ -34,9 +35,10 @@ def relabelled(table: pd.DataFrame, label_map: str, classes: list[str], data: st
 def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32) -> dict[str, float]:
     configure_tracking()
     model, classes, spec = loaded_model(reference)
+    spec = with_masks_from(spec, config.masks_from, config.segmenter)
     table, fmt, root, notes = read_labelled(config)
     table = relabelled(table, label_map, classes, config.data)
-    require_masks(table, spec.mask_mode)
+    require_masks(table, spec.mask_mode, spec.masks_from)
     probabilities = model_probabilities(model, spec, list(table["path"]), list(table["mask_path"]), batch,
                                         config.mask_codes)
     truth = np.array([classes.index(label) for label in table["label"]])

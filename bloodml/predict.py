@@ -17,6 +17,7 @@ from .data.images import is_image_file
 from .data.input_spec import InputSpec
 from .data.masks import find_mask
 from .errors import BloodmlError
+from .segmentation.source import segmenter_for, with_masks_from
 from .tracking.model import load_model
 
 
@@ -52,31 +53,39 @@ def model_probabilities(model, spec: InputSpec, paths: list[str], mask_paths: li
     as in training. ``mask_codes`` overrides the codes stored with the model (another lab's masks)."""
     if mask_codes:
         spec = replace(spec, mask_codes=mask_codes)
+    segmenter = segmenter_for(spec)
     parts = []
     for start in range(0, len(paths), batch):
-        images, regions = load_batch(paths[start:start + batch], mask_paths[start:start + batch], spec)
+        images, regions = load_batch(paths[start:start + batch], mask_paths[start:start + batch], spec, segmenter)
         parts.append(np.asarray(model.predict(spec.network_input(images, regions).numpy().astype(np.float32))))
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
 def masks_for(files: list[Path], spec: InputSpec, masks_dir: Path | None) -> list[str | None]:
-    """Each image's mask under ``masks_dir`` (the rule training used); a masked model needs one for every image."""
-    if not spec.masked:
+    """Each image's mask under ``masks_dir`` (the rule training used); a masked model needs one for every image
+    unless its segmenter draws the missing ones."""
+    if not spec.masked or spec.masks_from == "model":
         return [None] * len(files)
     found = []
     for path in files:
         mask = find_mask(path, masks_dir) if masks_dir is not None else None
+        if mask is None and spec.segmented:
+            found.append(None)
+            continue
         if mask is None:
             raise BloodmlError(f"{path}: the model was trained with masks={spec.mask_mode} and needs this image's "
-                               f"mask; pass --masks-dir with the mask at the image's sub-path ({path.stem}.*).")
+                               f"mask; pass --masks-dir with the mask at the image's sub-path ({path.stem}.*), or "
+                               f"--masks-from auto --segmenter <uri> to let a segmenter draw it.")
         found.append(str(mask))
     return found
 
 
 def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Path | None = None,
-                   batch: int = 32, pattern: str = "*") -> pd.DataFrame:
-    """One row per image: file, predicted_label, confidence and p_<class> for every class."""
+                   batch: int = 32, pattern: str = "*", masks_from: str = "", segmenter: str = "") -> pd.DataFrame:
+    """One row per image: file, predicted_label, confidence and p_<class> for every class. A model trained with a
+    segmenter uses it for images without a mask; ``masks_from``/``segmenter`` choose another source."""
     model, classes, spec = loaded_model(reference)
+    spec = with_masks_from(spec, masks_from, segmenter)
     masks = Path(masks_dir) if masks_dir else None
     if masks is not None and not masks.is_dir():
         raise BloodmlError(f"--masks-dir {masks}: not a folder; pass the folder holding the masks.")

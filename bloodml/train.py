@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from .models.classifier import BloodCellClassifier
 from .models.head import Head
 from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
+from .segmentation.source import pinned, segmenter_for
 from .tracking.buffer import MetricBuffer
 from .tracking.model import log_model
 from .tracking.runs import end_active_run, log_folder, log_metrics, log_params, log_table, logged_steps, \
@@ -97,13 +98,37 @@ def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = Tru
 
 
 # --- the steps ---------------------------------------------------------------------------------------------------
-def load_splits(data: PreparedData, spec: InputSpec, progress: bool) -> dict[str, ImageSet]:
-    """Every split's images and region maps, decoded once at the spec's size and codes."""
-    sets = {name: preload(data.split(name), data.classes, spec, progress) for name in SPLITS}
-    note = stray_note(sets.values())
-    if note:
-        say(f"note: {note}")
+def masks_source(spec: InputSpec):
+    """The spec with its segmenter pinned to the run that logged it, and the segmenter (None: expert masks)."""
+    if not spec.segmented:
+        return spec, None
+    configure_tracking()  # the segmenter is read from the store
+    spec = replace(spec, segmenter=pinned(spec.segmenter))
+    return spec, segmenter_for(spec)
+
+
+def load_splits(data: PreparedData, spec: InputSpec, progress: bool, segmenter=None) -> dict[str, ImageSet]:
+    """Every split's images and region maps, decoded once at the spec's size and codes (the segmenter draws the
+    maps the spec asks it for)."""
+    sets = {name: preload(data.split(name), data.classes, spec, progress, segmenter) for name in SPLITS}
+    for note in (stray_note(sets.values()), segmented_note(sets, segmenter, data)):
+        if note:
+            say(f"note: {note}")
     return sets
+
+
+def segmented_note(sets: dict[str, ImageSet], segmenter, data: PreparedData) -> str:
+    """How many region maps the segmenter drew, and any test image it was trained on (its masks are optimistic)."""
+    if segmenter is None:
+        return ""
+    drawn = {name: int(s.segmented.sum()) for name, s in sets.items()}
+    seen = sum(1 for h in data.split("test")["sha256"] if h in segmenter.trained_on) if "sha256" in data.table else 0
+    text = (f"{segmenter.uri} drew the region maps of " + ", ".join(f"{n} {name}" for name, n in drawn.items())
+            + " images")
+    if seen:
+        text += (f"; {seen} test image(s) were in its training set, so their masks are better than a new image's "
+                 f"(a segmenter trained on this run's training split alone avoids it)")
+    return text
 
 
 def describe_data(data: PreparedData) -> None:
@@ -248,8 +273,8 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     backbone = create_backbone(config.backbone, config.pretrained, config.weights)  # fail fast on missing weights
     data = data or prepare(config, progress=progress)
     describe_data(data)
-    spec = InputSpec.from_config(config, backbone.mean, backbone.std)
-    sets = load_splits(data, spec, progress)
+    spec, segmenter = masks_source(InputSpec.from_config(config, backbone.mean, backbone.std))
+    sets = load_splits(data, spec, progress, segmenter)
     spec = fitted_spec(spec, sets["train"])
     torch.manual_seed(config.seed)
     head = Head(backbone.feature_dim, len(data.classes), config.dropout)

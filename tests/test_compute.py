@@ -43,7 +43,7 @@ def _every_path(root, tmp_path, capsys, device, precision):
     """Frozen (cached and naive), fine-tuned; then evaluate and predict on the result; Grad-CAM in the run."""
     results = {}
     for name, extra in {"frozen": {}, "naive": {"feature_cache": "off"},
-                        "finetune": {"finetune": "all", "masks": "cell"}}.items():
+                        "finetune": {"finetune": "all", "masks": "crop_cell"}}.items():
         config = build_config(None, tiny_overrides(root, device=device, precision=precision, epochs=2,
                                                    gradcam_samples=4, tta="true", **extra))
         results[name] = run_training(config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,9 @@ from tqdm.auto import tqdm
 
 from .images import read_rgb
 from .input_spec import InputSpec
-from .masks import parse_mask_codes, read_regions
+from .masks import crop_box, parse_mask_codes, read_regions
+
+Segmenter = Callable[[np.ndarray], np.ndarray]  # an RGB image (H,W,3) uint8 -> its region map (H,W) uint8
 
 
 @dataclass
@@ -28,6 +31,7 @@ class ImageSet:
     has_mask: torch.Tensor
     labels: torch.Tensor
     strays: torch.Tensor | None = None
+    segmented: torch.Tensor | None = None  # (N,) bool: the region map was drawn by the segmenter
 
     def __len__(self) -> int:
         return len(self.images)
@@ -35,17 +39,26 @@ class ImageSet:
     def subset(self, index) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
         strays = self.strays[index] if self.strays is not None else None
-        return ImageSet(self.images[index], self.regions[index], self.has_mask[index], self.labels[index], strays)
+        segmented = self.segmented[index] if self.segmented is not None else None
+        return ImageSet(self.images[index], self.regions[index], self.has_mask[index], self.labels[index], strays,
+                        segmented)
 
 
-def load_sample(path: str, mask_path: str | None, spec: InputSpec):
-    """One image (3,S,S) uint8, its region map (S,S) uint8 (zeros when there is no mask), whether it has a mask,
-    and how many stray mask pixels were filled.
+def load_sample(path: str, mask_path: str | None, spec: InputSpec, segmenter: Segmenter | None = None):
+    """One image (3,S,S) uint8, its region map (S,S) uint8 (zeros when there is none), whether it has an expert
+    mask, how many stray mask pixels were filled, and whether the segmenter drew its map.
+
+    Region maps: the expert mask, unless ``spec.masks_from`` is ``model``; the ``segmenter`` (an RGB array -> region
+    map callable) where there is none and the spec is masked and segmented. ``masks=crop/crop_cell`` crop the full
+    image around the cell before resizing (a map with no cell: the whole image).
 
     Memoised per process on the files' paths, sizes and modification times (studies load the same images for
     every fold and configuration); a changed file is read again."""
     stamp = tuple(_stat(p) for p in (path, mask_path))
-    return _load_sample(path, mask_path, spec.image_size, spec.mask_codes, spec.mask_stray_tolerance, stamp)
+    use_expert = spec.masks_from != "model"
+    segmenter = segmenter if spec.segmented else None
+    return _load_sample(path, mask_path if use_expert else None, spec.image_size, spec.mask_codes,
+                        spec.mask_stray_tolerance, spec.crop_margin if spec.cropped else None, segmenter, stamp)
 
 
 def _stat(path: str | None):
@@ -59,39 +72,52 @@ def _stat(path: str | None):
 
 
 @functools.lru_cache(maxsize=20_000)
-def _load_sample(path: str, mask_path: str | None, size: int, codes_text: str, tolerance: float, stamp):
+def _load_sample(path: str, mask_path: str | None, size: int, codes_text: str, tolerance: float,
+                 crop_margin: float | None, segmenter, stamp):
     rgb = read_rgb(path)
-    regions, strays = None, 0
+    regions, strays, segmented = None, 0, False
     if mask_path:
         codes = parse_mask_codes(codes_text) if codes_text else None
         regions, strays = read_regions(mask_path, rgb.shape[:2], codes, tolerance)
+    elif segmenter is not None:
+        regions, segmented = segmenter(rgb), True
+    if crop_margin is not None and regions is not None:
+        box = crop_box(regions, crop_margin)
+        if box is not None:
+            top, left, side = box
+            rgb, regions = rgb[top:top + side, left:left + side], regions[top:top + side, left:left + side]
     image = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
     if regions is None:
         region_map = np.zeros((size, size), dtype=np.uint8)
     else:
         region_map = np.asarray(Image.fromarray(regions).resize((size, size), Image.NEAREST))
     return (torch.from_numpy(image.copy()).permute(2, 0, 1), torch.from_numpy(region_map.copy()),
-            regions is not None, strays)
+            mask_path is not None and regions is not None, strays, segmented)
 
 
-def load_batch(paths, mask_paths, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def load_batch(paths, mask_paths, spec: InputSpec, segmenter: Segmenter | None = None):
     """uint8 images and region maps of the given files (``mask_paths`` entries may be None)."""
-    samples = [load_sample(str(p), m if isinstance(m, str) and m else None, spec) for p, m in zip(paths, mask_paths)]
+    samples = [load_sample(str(p), m if isinstance(m, str) and m else None, spec, segmenter)
+               for p, m in zip(paths, mask_paths)]
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
 
 
-def preload(table: pd.DataFrame, classes: list[str], spec: InputSpec, progress: bool = True) -> ImageSet:
-    images, regions, has_mask, strays = [], [], [], []
+def preload(table: pd.DataFrame, classes: list[str], spec: InputSpec, progress: bool = True,
+            segmenter: Segmenter | None = None) -> ImageSet:
+    images, regions, has_mask, strays, segmented = [], [], [], [], []
     rows = table[["path", "mask_path"]].itertuples(index=False)
     for path, mask_path in tqdm(rows, total=len(table), desc="loading images", disable=not progress, leave=False):
-        image, region, found, stray = load_sample(path, mask_path if isinstance(mask_path, str) else None, spec)
+        image, region, found, stray, drawn = load_sample(path, mask_path if isinstance(mask_path, str) else None,
+                                                         spec, segmenter)
         images.append(image)
         regions.append(region)
         has_mask.append(found)
         strays.append(stray)
+        segmented.append(drawn)
     index = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([index[label] for label in table["label"]], dtype=torch.long)
-    return ImageSet(torch.stack(images), torch.stack(regions), torch.tensor(has_mask), labels, torch.tensor(strays))
+    return ImageSet(torch.stack(images), torch.stack(regions), torch.tensor(has_mask), labels, torch.tensor(strays),
+                    torch.tensor(segmented, dtype=torch.bool))
 
 
 def stray_note(sets) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import BloodmlError
-from .masks import MASK_LOOKUP, MASK_MODES, parse_mask_codes
+from .masks import CROP_MODES, MASK_LOOKUP, MASK_MODES, parse_mask_codes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +39,9 @@ class InputSpec:
     mask_codes: str = ""  # as the user wrote them ('' : recognised from the mask's values)
     mask_stray_tolerance: float = 0.01
     mask_lookup: str = MASK_LOOKUP
+    masks_from: str = "expert"  # expert (mask files), auto (expert, else the segmenter), model (the segmenter only)
+    segmenter: str = ""  # the segmenter's runs:/<id>/segmenter URI when masks_from is auto or model
+    crop_margin: float = 0.1  # masks=crop/crop_cell: margin around the cell's box, a share of its larger side
     color_space: str = "rgb"
     stain_norm: str = "none"
     normalize: str = "imagenet"
@@ -55,13 +58,27 @@ class InputSpec:
     @classmethod
     def from_config(cls, config, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> "InputSpec":
         """From a RunConfig, before fitting: the normalisation statistics start as the backbone's."""
+        source, segmenter = config.masks_from, config.segmenter
+        if source.startswith("model:"):
+            source, segmenter = "model", source[len("model:"):]
         return cls(image_size=config.image_size, mask_mode=config.masks, mask_codes=config.mask_codes,
+                   masks_from=source if config.masks != "none" else "expert",
+                   segmenter=segmenter if config.masks != "none" else "", crop_margin=config.crop_margin,
                    mask_stray_tolerance=config.mask_stray_tolerance, color_space=config.color_space,
                    stain_norm=config.stain_norm, normalize=config.normalize, mean=tuple(mean), std=tuple(std))
 
     @property
     def masked(self) -> bool:
         return self.mask_mode != "none"
+
+    @property
+    def cropped(self) -> bool:
+        return self.mask_mode in CROP_MODES
+
+    @property
+    def segmented(self) -> bool:
+        """Whether a segmenter makes region maps (for images without an expert mask, or for every image)."""
+        return self.masked and self.masks_from != "expert"
 
     def codes(self) -> dict | None:
         return parse_mask_codes(self.mask_codes) if self.mask_codes else None

@@ -26,7 +26,10 @@ MASK_MODES = {
     "cell": (CYTOPLASM, NUCLEUS),
     "nucleus": (NUCLEUS,),
     "background": (BACKGROUND,),  # control: the cell removed, only its surroundings left
+    "crop": None,  # a square around the cell (its mask's bounding box plus a margin), resized: every cell at one scale
+    "crop_cell": (CYTOPLASM, NUCLEUS),  # the same crop, background zeroed
 }
+CROP_MODES = ("crop", "crop_cell")
 
 # Code tables tried in order when the user gives none. Each maps a grey level or RGB colour to a region.
 DEFAULT_GREY_TABLES = (
@@ -183,3 +186,19 @@ def read_regions(mask_path: Path, image_hw: tuple[int, int], codes: dict | None 
 def load_regions(mask_path: Path, image_hw: tuple[int, int], codes: dict | None = None,
                  tolerance: float = 0.01) -> np.ndarray:
     return read_regions(mask_path, image_hw, codes, tolerance)[0]
+
+
+def crop_box(regions: np.ndarray, margin: float) -> tuple[int, int, int] | None:
+    """(top, left, side) of the square around the cell (every non-background pixel) with ``margin`` of its larger
+    side added on each side, moved inside the image (and no larger than it); None when the map has no cell."""
+    rows, cols = np.nonzero(regions)
+    if not len(rows):
+        return None
+    height, width = regions.shape
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    side = int(round(max(bottom - top, right - left) * (1 + 2 * margin)))
+    side = max(1, min(side, height, width))
+    centre_r, centre_c = (top + bottom) / 2, (left + right) / 2
+    top = int(np.clip(round(centre_r - side / 2), 0, height - side))
+    left = int(np.clip(round(centre_c - side / 2), 0, width - side))
+    return top, left, side

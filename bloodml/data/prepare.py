@@ -49,14 +49,16 @@ def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.Da
     return table, fmt, root, notes
 
 
-def require_masks(table: pd.DataFrame, mask_mode: str) -> None:
+def require_masks(table: pd.DataFrame, mask_mode: str, masks_from: str = "expert") -> None:
+    """A masked mode needs every image's mask, unless a segmenter draws the missing ones (``masks_from`` auto or
+    model); a mask path that names no file is refused either way."""
     if mask_mode == "none":
         return
     missing = table.loc[table["mask_path"].isna()]
-    if len(missing):
+    if len(missing) and masks_from == "expert":
         raise BloodmlError(f"{missing['path'].iloc[0]}: no mask found ({len(missing)} of {len(table)} images lack "
                            f"one) but masks={mask_mode}; add the masks (mask column / masks_dir) or use masks=none.")
-    absent = [p for p in table["mask_path"] if not Path(p).is_file()]
+    absent = [p for p in table["mask_path"].dropna() if not Path(p).is_file()]
     if absent:
         raise BloodmlError(f"{absent[0]}: mask file not found; fix the mask path or use masks=none.")
 
@@ -83,7 +85,8 @@ def grouped_data(config: RunConfig, workdir: Path | None = None, progress: bool 
     """Read, label, check the masks ``mask_mode`` needs (default: the config's), hash and group copies: everything
     before the split (studies make their own folds from it)."""
     table, fmt, root, notes = read_labelled(config, workdir)
-    require_masks(table, config.masks if mask_mode is None else mask_mode)
+    require_masks(table, config.masks if mask_mode is None else mask_mode,
+                  "expert" if config.masks_from == "expert" else "segmenter")
     table, copies, copy_notes = group_copies(table, config, progress)
     return PreparedData(table, class_order(table), Path(root), fmt, notes + copy_notes, copies)
 

@@ -20,13 +20,15 @@ from . import weights as W
 
 
 class Backbone(nn.Module):
-    def __init__(self, body: nn.Module, feature_dim: int, mean, std, gradcam_layer: str, last_block: list[str]):
+    def __init__(self, body: nn.Module, feature_dim: int, mean, std, gradcam_layer: str, last_block: list[str],
+                 stages: list[str] | None = None):
         super().__init__()
         self.body = body
         self.feature_dim = feature_dim
         self.mean, self.std = tuple(mean), tuple(std)
         self.gradcam_layer = gradcam_layer  # dotted path inside body
         self.last_block = last_block  # dotted paths of the modules unfrozen by finetune=last
+        self.stages = list(stages or [])  # dotted paths of the feature maps at each reduction (a segmenter's skips)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -57,8 +59,9 @@ def _vgg16(pretrained: bool, weights: str) -> Backbone:
         W.load_into(model, W.load_state_dict_file(weights), f"weights {weights}")
     elif pretrained:
         W.load_into(model, W.torchvision_imagenet(torchvision.models.VGG16_Weights.IMAGENET1K_V1, "vgg16"), "vgg16")
-    return Backbone(_VGGBody(model), 512, IMAGENET_MEAN, IMAGENET_STD, "features.29", ["features.24", "features.26",
-                                                                                         "features.28"])
+    return Backbone(_VGGBody(model), 512, IMAGENET_MEAN, IMAGENET_STD, "features.29",
+                    ["features.24", "features.26", "features.28"],
+                    ["features.3", "features.8", "features.15", "features.22", "features.29"])
 
 
 def _resnet50(pretrained: bool, weights: str) -> Backbone:
@@ -69,7 +72,8 @@ def _resnet50(pretrained: bool, weights: str) -> Backbone:
         W.load_into(model, W.torchvision_imagenet(torchvision.models.ResNet50_Weights.IMAGENET1K_V2, "resnet50"),
                     "resnet50")
     model.fc = nn.Identity()
-    return Backbone(model, 2048, IMAGENET_MEAN, IMAGENET_STD, "layer4", ["layer4"])
+    return Backbone(model, 2048, IMAGENET_MEAN, IMAGENET_STD, "layer4", ["layer4"],
+                    ["relu", "layer1", "layer2", "layer3", "layer4"])
 
 
 def _timm_backbone(model: nn.Module) -> Backbone:
@@ -85,7 +89,9 @@ def _timm_backbone(model: nn.Module) -> Backbone:
     last_block = [n for n in last_block if any(True for _ in model.get_submodule(n).parameters())]
     gradcam = last or stage
     dim = model.num_features
-    return Backbone(model, dim, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), gradcam, last_block)
+    stages = [entry["module"] for entry in info] if info else []
+    return Backbone(model, dim, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), gradcam, last_block,
+                    stages)
 
 
 def _efficientnet_lite(variant: int) -> Callable[[bool, str], Backbone]:

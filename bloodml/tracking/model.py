@@ -21,6 +21,7 @@ from ..models.classifier import BloodCellClassifier
 from .registry import model_uri, source_run
 
 HASH_TAG = "bloodml.model_sha256"
+SEGMENTER = "segmenter"  # metadata bloodml_kind of a segmenter
 # Written by MLflow into the model folder when a version is registered: bookkeeping, not model content.
 UNHASHED = {"registered_model_meta"}
 
@@ -62,10 +63,52 @@ def directory_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def log_segmenter(model, example: torch.Tensor, metadata: dict):
+    """A segmenter, logged like a classifier (PT2, signature, requirements, hash) with ``bloodml_kind`` =
+    ``segmenter`` in its metadata: input float32 RGB in [0,1] (N,3,S,S), output region logits (N,3,S,S)."""
+    model = model.eval()
+    example_np = example[:2].numpy().astype(np.float32)
+    with torch.no_grad():
+        output = model(example[:2]).numpy()
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}",
+                    f"numpy=={np.__version__}"]
+    info = mlflow.pytorch.log_model(
+        model, name="segmenter", signature=infer_signature(example_np, output), input_example=example_np,
+        pip_requirements=requirements, serialization_format="pt2",
+        metadata={"bloodml_kind": SEGMENTER, "input": "float32 RGB in [0,1], shape (N,3,S,S)",
+                  "output": "logits (N,3,S,S) over background, cytoplasm, nucleus", **metadata})
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)
+        mlflow.set_tag(HASH_TAG, directory_sha256(Path(local)))
+    return info
+
+
+def load_segmenter(reference: str):
+    """(pyfunc model, metadata) of a segmenter; anything else is refused with one line."""
+    model, meta = _load(reference, "segmenter")
+    if meta.get("bloodml_kind") != SEGMENTER:
+        kind = "a classifier" if "class_names" in meta else "not a bloodml segmenter"
+        raise BloodmlError(f"masks_from=model:{reference}: that model is {kind}, not a segmenter; train one with "
+                           f"'bloodml segment --data <folder with masks>' and pass its runs:/<id>/segmenter or "
+                           f"models:/<name>@<alias>.")
+    return model, meta
+
+
 def load_model(reference: str):
+    """A classifier: (pyfunc model, its metadata); a segmenter or foreign model is refused with one line."""
+    model, meta = _load(reference, "model")
+    if meta.get("bloodml_kind") == SEGMENTER:
+        raise BloodmlError(f"model '{reference}' is a segmenter, not a classifier; pass it as "
+                           f"--masks_from model:{reference} instead.")
+    if "class_names" not in meta:
+        raise BloodmlError(f"model '{reference}' was not trained by bloodml (no class names in its metadata).")
+    return model, meta
+
+
+def _load(reference: str, artifact: str):
     """Download a bloodml model, check its files against the hash recorded at training time, then load it.
     Returns (pyfunc model, its metadata)."""
-    uri = model_uri(reference)
+    uri = model_uri(reference, artifact)
     hint = ("pass models:/<name>@<alias>, runs:/<run_id>/model or a run ID, with MLFLOW_TRACKING_URI set to "
             "its store.")
     try:
@@ -82,7 +125,4 @@ def load_model(reference: str):
     except (MlflowException, OSError) as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise BloodmlError(f"model '{reference}' could not be loaded ({first}); {hint}")
-    meta = (model.metadata.metadata or {})
-    if "class_names" not in meta:
-        raise BloodmlError(f"model '{reference}' was not trained by bloodml (no class names in its metadata).")
-    return model, meta
+    return model, (model.metadata.metadata or {})

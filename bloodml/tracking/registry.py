@@ -12,10 +12,11 @@ from ..errors import BloodmlError
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def model_uri(reference: str) -> str:
-    """``models:/name@alias``, ``models:/name/3``, ``runs:/id/model``, a bare run ID, or a local model folder."""
+def model_uri(reference: str, artifact: str = "model") -> str:
+    """``models:/name@alias``, ``models:/name/3``, ``runs:/id/model``, a bare run ID (its ``artifact``: model or
+    segmenter), or a local model folder."""
     if RUN_ID.match(reference):
-        return f"runs:/{reference}/model"
+        return f"runs:/{reference}/{artifact}"
     return reference
 
 
@@ -42,9 +43,9 @@ def alias_version(name: str, alias: str):
         return None
 
 
-def register_version(run_id: str, name: str, tags: dict | None = None) -> str:
-    """Register ``runs:/<run_id>/model`` as a new version of ``name``. Returns the version."""
-    version = str(mlflow.register_model(f"runs:/{run_id}/model", name).version)
+def register_version(run_id: str, name: str, tags: dict | None = None, artifact: str = "model") -> str:
+    """Register ``runs:/<run_id>/<artifact>`` as a new version of ``name``. Returns the version."""
+    version = str(mlflow.register_model(f"runs:/{run_id}/{artifact}", name).version)
     for key, value in (tags or {}).items():
         set_version_tag(name, version, key, value)
     return version
@@ -58,14 +59,14 @@ def set_alias(name: str, alias: str, version: str) -> None:
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
 
 
-def register(run_id: str, name: str, alias: str = "champion") -> str:
+def register(run_id: str, name: str, alias: str = "champion", artifact: str = "model") -> str:
     """Register a run's model under ``name`` and point ``alias`` at the new version. Returns the version."""
     try:
         mlflow.MlflowClient().get_run(run_id)
     except MlflowException:
         raise BloodmlError(f"run {run_id} not found in {mlflow.get_tracking_uri()}; check the run ID and "
                            f"MLFLOW_TRACKING_URI.")
-    version = register_version(run_id, name)
+    version = register_version(run_id, name, artifact=artifact)
     if alias:
         set_alias(name, alias, version)
     return version

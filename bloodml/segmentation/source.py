@@ -1,0 +1,77 @@
+"""Where region maps come from when a spec says ``masks_from`` auto or model: a logged segmenter, loaded once per
+process, pinned to the run that logged it, checked against the regions the mask mode needs."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+import numpy as np
+
+from ..data.input_spec import InputSpec
+from ..errors import BloodmlError
+from ..tracking.model import load_segmenter
+from ..tracking.registry import model_uri, source_run
+from .network import full_size, to_input
+
+# The regions a mask mode needs the segmenter to know (any one of them for the cell modes).
+NEEDED = {"cell": ("cytoplasm", "nucleus"), "crop_cell": ("cytoplasm", "nucleus"), "crop": ("cytoplasm", "nucleus"),
+          "nucleus": ("nucleus",), "background": ("cytoplasm", "nucleus")}
+
+
+class LoadedSegmenter:
+    """An RGB image (H,W,3) uint8 -> its region map (H,W) uint8, through a logged segmenter."""
+
+    def __init__(self, predict, image_size: int, uri: str, regions: list[str], trained_on: list[str]):
+        self.predict, self.image_size, self.uri = predict, int(image_size), uri
+        self.regions, self.trained_on = list(regions), set(trained_on)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        logits = np.asarray(self.predict(to_input(rgb, self.image_size).numpy()))
+        return full_size(logits.argmax(1)[0].astype(np.uint8), rgb.shape[:2])
+
+    def __repr__(self) -> str:
+        return f"segmenter {self.uri}"
+
+
+def pinned(reference: str) -> str:
+    """``runs:/<id>/segmenter`` for any reference (a registry alias moves; the run it named does not)."""
+    uri = model_uri(reference, "segmenter")
+    try:
+        run_id = source_run(uri)
+    except Exception:  # noqa: BLE001 - an unknown name or alias: load_segmenter says it in one line
+        return uri
+    return f"runs:/{run_id}/segmenter" if run_id and uri.startswith("models:/") else uri
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded(uri: str) -> LoadedSegmenter:
+    model, meta = load_segmenter(uri)
+    return LoadedSegmenter(model.predict, meta.get("image_size", 128), uri, meta.get("regions", []),
+                           meta.get("trained_on_sha256", []))
+
+
+def segmenter_for(spec: InputSpec) -> LoadedSegmenter | None:
+    """The segmenter a spec names (None when it uses expert masks only), refused if it cannot draw what the mask
+    mode keeps."""
+    if not spec.segmented:
+        return None
+    if not spec.segmenter:
+        raise BloodmlError(f"masks_from={spec.masks_from} needs a segmenter; add segmenter=<runs:/<id>/segmenter or "
+                           f"models:/<name>@<alias>>.")
+    segmenter = _loaded(spec.segmenter)
+    needed = NEEDED.get(spec.mask_mode, ())
+    if needed and not set(needed) & set(segmenter.regions):
+        raise BloodmlError(f"{segmenter.uri}: this segmenter was trained on masks with the regions "
+                           f"{', '.join(segmenter.regions) or 'none'}; masks={spec.mask_mode} needs "
+                           f"{' or '.join(needed)}. Train a segmenter on masks that mark them.")
+    return segmenter
+
+
+def with_masks_from(spec: InputSpec, masks_from: str, segmenter: str = "") -> InputSpec:
+    """A model's spec with another source of region maps (evaluate/predict on images without masks)."""
+    if masks_from in ("", "expert") or not spec.masked:
+        return spec
+    if masks_from.startswith("model:"):
+        return replace(spec, masks_from="model", segmenter=pinned(masks_from[len("model:"):]))
+    return replace(spec, masks_from=masks_from, segmenter=pinned(segmenter or spec.segmenter))
