@@ -31,6 +31,8 @@ class RunConfig:
     data: str = _p("", "dataset: a folder, a manifest .csv or a .zip", group="data")
     format: str = _p("auto", "dataset layout", ("auto", "wbc", "manifest", "folders"), group="data")
     manifest: str = _p("", "manifest/labels CSV inside the data folder (default: the only CSV there)", group="data")
+    manifest_query: str = _p("", "manifest format: keep only the rows matching this pandas query, e.g. "
+                                 "\"label != 'eosinophil' or eosinophil_granules == 'visible'\"", group="data")
     image_column: str = _p("image", "manifest column with image paths (relative to the CSV)", group="data")
     label_column: str = _p("label", "manifest column with labels", group="data")
     mask_column: str = _p("", "manifest column with mask paths (default: 'mask' if present)", group="data")
@@ -95,6 +97,25 @@ class RunConfig:
     hflip: bool = _p(True, "random horizontal flips", group="augmentation")
     vflip: bool = _p(True, "random vertical flips", group="augmentation")
     brightness: float = _p(0.2, "brightness factor range 1 +/- this", low=0.0, high=1.0, group="augmentation")
+    augment_preset: str = _p("none", "a named set of acquisition augmentations expanded into the aug_* parameters "
+                                     "(explicit values win): instrument = colour, stain, blur, resampling and JPEG "
+                                     "changes of another microscope, camera or lab", ("none", "instrument"),
+                             group="augmentation")
+    aug_gain: float = _p(0.0, "acquisition: per-channel colour gain 1 +/- this", low=0.0, high=1.0, group="augmentation")
+    aug_gamma: float = _p(0.0, "acquisition: gamma exp(+/- this)", low=0.0, high=1.0, group="augmentation")
+    aug_hed: float = _p(0.0, "acquisition: stain jitter in HED space, each stain x (1 +/- this)", low=0.0, high=0.5,
+                        group="augmentation")
+    aug_hue: float = _p(0.0, "acquisition: hue shift up to +/- this share of the colour circle", low=0.0, high=0.5,
+                        group="augmentation")
+    aug_saturation: float = _p(0.0, "acquisition: saturation 1 +/- this", low=0.0, high=1.0, group="augmentation")
+    aug_grey: float = _p(0.0, "acquisition: mix towards grey, up to this share", low=0.0, high=1.0,
+                         group="augmentation")
+    aug_blur: float = _p(0.0, "acquisition: Gaussian blur, sigma up to this (pixels of the network input)", low=0.0,
+                         high=10.0, group="augmentation")
+    aug_resample: float = _p(0.0, "acquisition: down-then-up sampling by a factor 1 - up to this", low=0.0,
+                             high=0.9, group="augmentation")
+    aug_jpeg: int = _p(0, "acquisition: JPEG re-encoding at a quality from this to 95 (0: off)", low=0, high=95,
+                       group="augmentation")
     aug_views: int = _p(4, "augmented views per training image (frozen backbone: features computed once per view)",
                         low=1, high=256, group="augmentation")
     # --- balancing --------------------------------------------------------------------------------------------
@@ -235,9 +256,17 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# Acquisition presets (augment_preset): what another instrument changes.
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "instrument": {"aug_gain": 0.3, "aug_gamma": 0.3, "aug_hed": 0.05, "aug_hue": 0.05, "aug_saturation": 0.3,
+                   "aug_grey": 0.6, "aug_blur": 1.5, "aug_resample": 0.5, "aug_jpeg": 40},
+}
+
+
 def build_config(config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the recipe's values, then the YAML file's values, then explicit overrides (empty strings
-    and None are 'not given')."""
+    """Defaults, then the recipe's values, then the augmentation preset's, then the YAML file's values, then explicit
+    overrides (empty strings and None are 'not given')."""
     values: dict[str, Any] = {}
     if config_path:
         for name, value in load_yaml(config_path).items():
@@ -256,7 +285,9 @@ def build_config(config_path: str | Path | None = None, overrides: dict[str, Any
         values[name] = _coerce(name, value, "parameter")
     preset = {k: _coerce(k, v, f"recipe={values.get('recipe', 'custom')}")
               for k, v in RECIPES[values.get("recipe", "custom")].items()}
-    config = RunConfig(**{**preset, **values})
+    acquisition = {k: _coerce(k, v, f"augment_preset={values.get('augment_preset', 'none')}")
+                   for k, v in AUGMENT_PRESETS[values.get("augment_preset", "none")].items()}
+    config = RunConfig(**{**preset, **acquisition, **values})
     if config.masks_from == "auto" and not config.segmenter:
         raise BloodmlError("masks_from=auto needs a segmenter: add segmenter=<runs:/<id>/segmenter or "
                            "models:/<name>@<alias>> (bloodml segment trains one).")

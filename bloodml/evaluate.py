@@ -13,10 +13,12 @@ from .data.prepare import read_labelled, require_masks
 from .errors import BloodmlError
 from .evaluation.calibration import expected_calibration_error
 from .evaluation.metrics import classification_metrics, majority_rate
-from .predict import loaded_model, model_probabilities
+from .predict import loaded_model, model_probabilities, shift_check
+from .scoring import confusion_counts
 from .segmentation.source import with_masks_from
 from .runtime import say
-from .tracking.runs import log_metrics, log_params, log_table, training_run
+from .tracking.registry import model_uri, source_run
+from .tracking.runs import get_run, log_metrics, log_params, log_table, training_run
 from .tracking.store import configure_tracking
 from .train import positive_index
 
@@ -34,13 +36,15 @@ def relabelled(table: pd.DataFrame, label_map: str, classes: list[str], data: st
 
 def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32) -> dict[str, float]:
     configure_tracking()
-    model, classes, spec = loaded_model(reference)
+    model, classes, spec, profile = loaded_model(reference)
     spec = with_masks_from(spec, config.masks_from, config.segmenter)
     table, fmt, root, notes = read_labelled(config)
     table = relabelled(table, label_map, classes, config.data)
+    table = masked_rows(table, spec)
     require_masks(table, spec.mask_mode, spec.masks_from)
+    points: list = []
     probabilities = model_probabilities(model, spec, list(table["path"]), list(table["mask_path"]), batch,
-                                        config.mask_codes)
+                                        config.mask_codes, shift=points)
     truth = np.array([classes.index(label) for label in table["label"]])
     groups = table["group"].to_numpy() if config.group_column else None
     metrics = classification_metrics(truth, probabilities, "eval_", classes, positive_index(config, classes),
@@ -48,6 +52,11 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
     metrics["eval_majority_rate"] = majority_rate(truth)
     metrics["eval_ece"] = expected_calibration_error(truth, probabilities)
     metrics["eval_images"] = float(len(table))
+    metrics.update({f"eval_{k}": v for k, v in shift_check(profile, points).items()})
+    counts = confusion_counts(truth, probabilities.argmax(1), len(classes))
+    recall = {name: counts[i, i] / counts[i].sum() for i, name in enumerate(classes) if counts[i].sum()}
+    metrics.update({f"eval_recall_{name}": float(v) for name, v in recall.items()})
+    in_domain = source_metrics(reference)
     with training_run(config.experiment, config.run_name or f"evaluate-{Path(str(config.data)).name}",
                       tags={"bloodml.task": "evaluate", "model": reference, "masks_used": str(spec.masked).lower()}):
         log_params({"model": reference, "data": config.data, "label_map": label_map or "(none)", "format": fmt})
@@ -57,7 +66,40 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
         for i, name in enumerate(classes):
             predictions[f"p_{name}"] = probabilities[:, i]
         log_table(predictions, "evaluation/predictions.csv")
+        log_table(pd.DataFrame(counts, index=[f"true_{c}" for c in classes],
+                               columns=[f"predicted_{c}" for c in classes]).reset_index(names="class"),
+                  "evaluation/confusion_matrix.csv")
     say(f"{reference} on {config.data}: accuracy {metrics['eval_accuracy']:.3f} "
         f"({metrics['eval_accuracy_ci_low']:.3f}-{metrics['eval_accuracy_ci_high']:.3f}), macro-F1 "
         f"{metrics['eval_macro_f1']:.3f}, {len(table)} images (majority rate {metrics['eval_majority_rate']:.3f})")
+    if "test_macro_f1" in in_domain:
+        say(f"in-domain (the model's own test split): accuracy {in_domain.get('test_accuracy', float('nan')):.3f}, "
+            f"macro-F1 {in_domain['test_macro_f1']:.3f}; here: accuracy {metrics['eval_accuracy']:.3f}, macro-F1 "
+            f"{metrics['eval_macro_f1']:.3f}")
+    say("recall per class: " + ", ".join(f"{name} {v:.2f}" for name, v in recall.items()))
+    say("confusion matrix (rows true, columns predicted: " + ", ".join(classes) + "): "
+        + " | ".join(" ".join(str(int(c)) for c in row) for row in counts))
     return metrics
+
+
+def source_metrics(reference: str) -> dict[str, float]:
+    """The metrics of the run that trained the model (its in-domain test scores); empty when unknown."""
+    try:
+        run_id = source_run(model_uri(reference))
+        return dict(get_run(run_id).data.metrics) if run_id else {}
+    except Exception:  # noqa: BLE001 - a model folder without a run: nothing to compare with
+        return {}
+
+
+def masked_rows(table: pd.DataFrame, spec) -> pd.DataFrame:
+    """A masked model without a segmenter scores the images that have a mask; a few without one are left out
+    with a note (all of them missing is refused by require_masks)."""
+    if not spec.masked or spec.masks_from != "expert":
+        return table
+    has = table["mask_path"].map(lambda m: isinstance(m, str) and bool(m))
+    if has.any() and (~has).any():
+        say(f"note: {int((~has).sum())} of {len(table)} images have no mask (first: {table.loc[~has, 'path'].iloc[0]}) "
+            f"and are left out: the model was trained with masks={spec.mask_mode}; add their masks or pass "
+            f"--masks_from auto --segmenter <uri> to score them too")
+        return table.loc[has].reset_index(drop=True)
+    return table

@@ -17,14 +17,30 @@ from .data.images import is_image_file
 from .data.input_spec import InputSpec
 from .data.masks import find_mask
 from .errors import BloodmlError
+from .evaluation.shift import ShiftProfile, descriptors, warning
+from .runtime import say
 from .segmentation.source import segmenter_for, with_masks_from
 from .tracking.model import load_model
 
 
 def loaded_model(reference: str):
-    """(pyfunc model, class names, input spec) of a bloodml model."""
+    """(pyfunc model, class names, input spec, its domain-shift profile or None) of a bloodml model."""
     model, meta = load_model(reference)
-    return model, list(meta["class_names"]), InputSpec.from_metadata(meta)
+    return (model, list(meta["class_names"]), InputSpec.from_metadata(meta),
+            ShiftProfile.from_dict(meta.get("shift_profile")))
+
+
+def shift_check(profile: ShiftProfile | None, points: list) -> dict[str, float]:
+    """The domain-shift report of these images against the model's training images (empty for models logged
+    before the check existed), with its warning line printed when most are far."""
+    if profile is None or not points:
+        return {}
+    points = np.concatenate(points)
+    report = profile.report(points)
+    line = warning(report, len(points))
+    if line:
+        say(line)
+    return report
 
 
 def collect_images(inputs: list[str | Path], pattern: str = "*", exclude: Path | None = None) -> list[Path]:
@@ -48,16 +64,20 @@ def collect_images(inputs: list[str | Path], pattern: str = "*", exclude: Path |
 
 
 def model_probabilities(model, spec: InputSpec, paths: list[str], mask_paths: list[str | None], batch: int = 32,
-                        mask_codes: str = "") -> np.ndarray:
+                        mask_codes: str = "", shift: list | None = None) -> np.ndarray:
     """Class probabilities (N, C) of a loaded bloodml model: each image read and masked as ``spec`` says, exactly
-    as in training. ``mask_codes`` overrides the codes stored with the model (another lab's masks)."""
+    as in training. ``mask_codes`` overrides the codes stored with the model (another lab's masks); ``shift``, a
+    list, receives the images' domain-shift descriptors."""
     if mask_codes:
         spec = replace(spec, mask_codes=mask_codes)
     segmenter = segmenter_for(spec)
     parts = []
     for start in range(0, len(paths), batch):
         images, regions = load_batch(paths[start:start + batch], mask_paths[start:start + batch], spec, segmenter)
-        parts.append(np.asarray(model.predict(spec.network_input(images, regions).numpy().astype(np.float32))))
+        x = spec.network_input(images, regions)
+        if shift is not None:
+            shift.append(descriptors(x))
+        parts.append(np.asarray(model.predict(x.numpy().astype(np.float32))))
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
@@ -84,13 +104,16 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
                    batch: int = 32, pattern: str = "*", masks_from: str = "", segmenter: str = "") -> pd.DataFrame:
     """One row per image: file, predicted_label, confidence and p_<class> for every class. A model trained with a
     segmenter uses it for images without a mask; ``masks_from``/``segmenter`` choose another source."""
-    model, classes, spec = loaded_model(reference)
+    model, classes, spec, profile = loaded_model(reference)
     spec = with_masks_from(spec, masks_from, segmenter)
     masks = Path(masks_dir) if masks_dir else None
     if masks is not None and not masks.is_dir():
         raise BloodmlError(f"--masks-dir {masks}: not a folder; pass the folder holding the masks.")
     files = collect_images(inputs, pattern, exclude=masks)
-    probabilities = model_probabilities(model, spec, [str(f) for f in files], masks_for(files, spec, masks), batch)
+    points: list = []
+    probabilities = model_probabilities(model, spec, [str(f) for f in files], masks_for(files, spec, masks), batch,
+                                        shift=points)
+    shift_check(profile, points)
     return pd.DataFrame([{"file": str(path), "predicted_label": classes[int(p.argmax())], "confidence": float(p.max()),
                           **{f"p_{name}": float(v) for name, v in zip(classes, p)}}
                          for path, p in zip(files, probabilities)])

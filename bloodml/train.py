@@ -20,12 +20,14 @@ from .cache.keys import image_keys, model_key
 from .cache.store import FeatureStore
 from .compute import CPU, Compute, resolve as resolve_compute
 from .config import RunConfig
+from .data.acquisition import Acquisition
 from .data.dataset import ImageSet, preload, stray_note
 from .data.input_spec import InputSpec
 from .data.prepare import PreparedData, prepare
 from .data.splits import manifest
 from .data.transforms import Preprocess, build_augmentation, fit_input_spec
 from .evaluation.report import EvaluationSettings, evaluate
+from .evaluation.shift import ShiftProfile, descriptors
 from .models.classifier import BloodCellClassifier
 from .models.head import Head
 from .models.registry import create_backbone
@@ -54,6 +56,7 @@ class TrainResult:
     tracking_uri: str
     model: BloodCellClassifier
     data: PreparedData
+    shift_profile: ShiftProfile | None = None
 
 
 class StopRun(Exception):
@@ -68,8 +71,10 @@ class StopRun(Exception):
 def augmentation(config: RunConfig):
     if not config.augment:
         return None
+    acquisition = Acquisition(config.aug_gain, config.aug_gamma, config.aug_hed, config.aug_hue, config.aug_saturation,
+                              config.aug_grey, config.aug_blur, config.aug_resample, config.aug_jpeg)
     return build_augmentation(config.rotation, config.shift, config.shear, config.zoom, config.hflip, config.vflip,
-                              config.brightness)
+                              config.brightness, acquisition)
 
 
 def settings_from(config: RunConfig) -> TrainSettings:
@@ -252,11 +257,18 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
     return metrics
 
 
-def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: ImageSet) -> None:
+def shift_profile(spec: InputSpec, sets: dict[str, ImageSet]) -> tuple[ShiftProfile, dict[str, float]]:
+    """The training images' domain-shift profile, and the check on the run's own test split (about 1 % far)."""
+    profile = ShiftProfile.fit(descriptors(spec.network_input(sets["train"].images, sets["train"].regions)))
+    report = profile.report(descriptors(spec.network_input(sets["test"].images, sets["test"].regions)))
+    return profile, {f"test_{k}": v for k, v in report.items()}
+
+
+def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: ImageSet, profile: ShiftProfile) -> None:
     """The model is exported on the CPU (PT2), whatever device trained it: it loads anywhere."""
     example = model.spec.network_input(test.images[:2], test.regions[:2])
     log_model(model.cpu().float(), example, {"backbone": config.backbone, "bloodml_version": __version__,
-                                             "tta": str(model.tta).lower()})
+                                             "tta": str(model.tta).lower(), "shift_profile": profile.to_dict()})
 
 
 def run_training(config: RunConfig, data: PreparedData | None = None, parent_run_id: str | None = None,
@@ -287,13 +299,16 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
         result = fit_tracked(trainer, config, run.info.run_id, epoch_hook, resume_state)
         model = BloodCellClassifier(spec, backbone, head, data.classes, tta=config.tta).eval()
         metrics = evaluate_and_log(model, config, data, sets, result, trainer, plots, compute)
+        profile, shift = shift_profile(spec, sets)
+        metrics.update(shift)
         metrics["train_seconds"] = time.perf_counter() - started
         log_metrics(metrics)
         if log_trained:
-            log_trained_model(model, config, sets["test"])
+            log_trained_model(model, config, sets["test"], profile)
         checkpoint_path(run.info.run_id).unlink(missing_ok=True)  # finished: nothing left to resume
         say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
             f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")
         say(f"see it: {ui_hint(uri)}")
-    return TrainResult(run.info.run_id, metrics, result.best_epoch, result.stopped_epoch, data.classes, uri, model, data)
+    return TrainResult(run.info.run_id, metrics, result.best_epoch, result.stopped_epoch, data.classes, uri, model, data,
+                       profile)

@@ -35,7 +35,8 @@ def reader_options(config: RunConfig) -> ReaderOptions:
     return ReaderOptions(format=config.format, manifest=config.manifest, image_column=config.image_column,
                          label_column=config.label_column, mask_column=config.mask_column,
                          group_column=config.group_column, masks_dir=config.masks_dir,
-                         image_suffix=config.image_suffix, mask_suffix=config.mask_suffix)
+                         image_suffix=config.image_suffix, mask_suffix=config.mask_suffix,
+                         manifest_query=config.manifest_query)
 
 
 def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.DataFrame, str, Path, list[str]]:

@@ -40,6 +40,7 @@ class ReaderOptions:
     masks_dir: str = ""  # folders format: parallel folder of masks (relative to data or absolute)
     image_suffix: str = ".bmp"  # wbc format
     mask_suffix: str = ".png"  # wbc format
+    manifest_query: str = ""  # manifest format: keep the rows matching this pandas query
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -86,6 +87,8 @@ def read_manifest(csv_path: Path, options: ReaderOptions) -> pd.DataFrame:
     csv_path = Path(csv_path)
     root = csv_path.parent
     table = read_csv(csv_path)
+    if options.manifest_query:
+        table = _query(table, options.manifest_query, csv_path)
     mask_column = options.mask_column or ("mask" if "mask" in table.columns else "")
     _require_columns(
         table,
@@ -265,3 +268,16 @@ def read_dataset(data: str | Path, options: ReaderOptions, workdir: Path | None 
     reader = {"wbc": read_wbc, "folders": read_folders}[fmt]
     table = reader(data, options)
     return table, fmt, data
+
+
+def _query(table: pd.DataFrame, query: str, csv_path: Path) -> pd.DataFrame:
+    """The manifest rows matching a pandas query (e.g. "label != 'eosinophil' or eosinophil_granules == 'visible'")."""
+    try:
+        kept = table.query(query, engine="python")
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds; the user gets one line
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise BloodmlError(f"{csv_path}: manifest_query {query!r} failed ({first}); use column names of the CSV "
+                           f"({', '.join(map(str, table.columns))}) and pandas query syntax.")
+    if not len(kept):
+        raise BloodmlError(f"{csv_path}: manifest_query {query!r} keeps no row; loosen it.")
+    return kept.reset_index(drop=True)

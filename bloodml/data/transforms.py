@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .acquisition import Acquisition
 from .input_spec import InputSpec
 
 
@@ -32,15 +33,19 @@ class Augmentation:
     hflip: bool = False
     vflip: bool = False
     brightness: float = 0.0
+    acquisition: Acquisition | None = None  # instrument changes (colour, stain, blur, resampling, JPEG)
     version: str = "affine-reflect-v2"  # part of the feature-cache key: changes when the sampling changes
 
     def draw(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Random parameters of ``n`` images (CPU, float64, from ``generator``: the same on every device)."""
         u = lambda: torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1  # noqa: E731  U(-1, 1)
         coin = lambda on: (torch.rand(n, generator=generator, dtype=torch.float64) < 0.5) & on  # noqa: E731
-        return {"angle": u() * math.radians(self.rotation), "shear": u() * math.radians(self.shear),
-                "scale": 1 + u() * self.zoom, "tx": u() * self.shift * 2, "ty": u() * self.shift * 2,
-                "hflip": coin(self.hflip), "vflip": coin(self.vflip), "brightness": 1 + u() * self.brightness}
+        params = {"angle": u() * math.radians(self.rotation), "shear": u() * math.radians(self.shear),
+                  "scale": 1 + u() * self.zoom, "tx": u() * self.shift * 2, "ty": u() * self.shift * 2,
+                  "hflip": coin(self.hflip), "vflip": coin(self.vflip), "brightness": 1 + u() * self.brightness}
+        if self.acquisition is not None and self.acquisition.active:  # drawn after: the geometry's draws stay
+            params.update({f"acq_{k}": v for k, v in self.acquisition.draw(n, generator).items()})
+        return params
 
     def apply(self, images: torch.Tensor, regions: torch.Tensor, params: dict[str, torch.Tensor]):
         """uint8 images (N,3,S,S) and region maps (N,S,S) -> augmented uint8 images and region maps."""
@@ -59,6 +64,9 @@ class Augmentation:
         grid = F.affine_grid(theta, [n, 3, *images.shape[-2:]], align_corners=False)
         moved = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         moved = moved * params["brightness"].to(device=images.device, dtype=torch.float32)[:, None, None, None]
+        if self.acquisition is not None and self.acquisition.active:
+            moved = self.acquisition.apply(moved.clamp(0, 255), {k[4:]: v for k, v in params.items()
+                                                                 if k.startswith("acq_")})
         moved_regions = F.grid_sample(regions[:, None].float(), grid, mode="nearest", padding_mode="reflection",
                                       align_corners=False)[:, 0]
         return moved.round_().clamp_(0, 255).to(torch.uint8), moved_regions.round_().to(torch.uint8)
@@ -68,10 +76,11 @@ class Augmentation:
 
 
 def build_augmentation(rotation: float, shift: float, shear: float, zoom: float, hflip: bool, vflip: bool,
-                       brightness: float) -> Augmentation | None:
+                       brightness: float, acquisition: Acquisition | None = None) -> Augmentation | None:
     """The augmentation of a run, or None when every magnitude is zero."""
-    augmentation = Augmentation(rotation, shift, shear, zoom, hflip, vflip, brightness)
-    return augmentation if any((rotation, shift, shear, zoom, hflip, vflip, brightness)) else None
+    acquisition = acquisition if acquisition is not None and acquisition.active else None
+    augmentation = Augmentation(rotation, shift, shear, zoom, hflip, vflip, brightness, acquisition)
+    return augmentation if any((rotation, shift, shear, zoom, hflip, vflip, brightness, acquisition)) else None
 
 
 def augment(images: torch.Tensor, regions: torch.Tensor, transform: Augmentation | None,

@@ -61,7 +61,12 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
     pd.DataFrame([c.__dict__ | {"verdict": c.verdict()} for c in result.comparisons]).to_csv(
         out / "comparisons.csv", index=False)
 
-    protocol = (f"{spec.repeats} x {spec.folds}-fold stratified, group-aware cross-validation "
+    first = next(iter(result.scores.values()), {})
+    extra = [k for k in first if k not in METRICS and all(k in v for v in result.scores.values())]
+    protocol = (f"train on `{spec.base.data}` ({spec.repeats} seeds, each with its own stratified hold-out split), "
+                f"test on {', '.join(f'`{t}`' for t in spec.tests)}; compared: the first test dataset's scores"
+                if spec.protocol == "cross_dataset" else
+                f"{spec.repeats} x {spec.folds}-fold stratified, group-aware cross-validation "
                 f"(validation split of {spec.val_fraction:.0%} inside each training fold; the same folds for every "
                 f"configuration)" if spec.protocol == "cv" else
                 f"a single stratified hold-out split ({1 - spec.base.val_fraction - spec.base.test_fraction:.0%} "
@@ -74,11 +79,19 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
     lines += ["", "Differences are (second - first) per fold; their 95 % interval comes from the corrected "
               "resampled t-test (Nadeau & Bengio 2003), which widens the naive interval because training sets "
               "overlap between folds. An interval that covers zero means no detectable difference.", "",
-              "## Results", "", "| configuration | " + " | ".join(f"{m} (95% CI)" for m in METRICS) + " |",
-              "|---|" + "---|" * len(METRICS)]
+              "## Results", "", "| configuration | " + " | ".join(f"{m} (95% CI)" for m in METRICS + tuple(extra))
+              + " |", "|---|" + "---|" * (len(METRICS) + len(extra))]
     for row in rows:
+        for key in extra:
+            mean, _, low, high = mean_ci(np.array(result.scores[row["configuration"]][key]))
+            row.update({f"{key}_mean": mean, f"{key}_ci_low": low, f"{key}_ci_high": high})
         lines.append(f"| {row['configuration']} | " + " | ".join(
-            f"{row[f'{m}_mean']:.3f} ({row[f'{m}_ci_low']:.3f}-{row[f'{m}_ci_high']:.3f})" for m in METRICS) + " |")
+            f"{row[f'{m}_mean']:.3f} ({row[f'{m}_ci_low']:.3f}-{row[f'{m}_ci_high']:.3f})"
+            for m in METRICS + tuple(extra)) + " |")
+    if extra:
+        lines += ["", "in_domain_macro_f1: the training dataset's own hold-out test split; shift_far_share: the share "
+                      "of test images beyond the 99th percentile of the training images' colour, contrast and "
+                      "sharpness; <name>_macro_f1: the further test datasets."]
     lines += ["", "## Comparisons", ""]
     for i, question in enumerate(spec.questions):
         path = _plot_question(question, result.scores, spec.metric, out / f"question_{i}.png")

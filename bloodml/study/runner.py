@@ -22,6 +22,7 @@ from ..tracking.runs import adopt_launched_run, child_runs, create_run, find_run
     reopen_run, set_tags
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import run_training
+from .cross_dataset import TestSet, load_test_sets, score_on
 from .protocol import Fold, repeated_group_kfold
 from .report import short_name, write_report
 from .spec import METRICS, Configuration, StudySpec
@@ -54,6 +55,10 @@ def study_data(spec: StudySpec) -> PreparedData:
 
 
 def study_folds(spec: StudySpec, data: PreparedData) -> list[Fold]:
+    if spec.protocol == "cross_dataset":  # one hold-out split of the training data per seed
+        return [Fold(r, 0, tuple(assign_splits(data.table.drop(columns=["split"], errors="ignore"),
+                                               spec.base.val_fraction, spec.base.test_fraction, spec.base.seed + r,
+                                               data.copies)["split"])) for r in range(spec.repeats)]
     if spec.protocol == "holdout":
         split = assign_splits(data.table.drop(columns=["split"], errors="ignore"), spec.base.val_fraction,
                               spec.base.test_fraction, spec.base.seed, data.copies)["split"]
@@ -105,7 +110,7 @@ def open_study_run(spec: StudySpec, folds: list[Fold], resume: bool) -> tuple[st
 
 
 def run_configuration(spec: StudySpec, configuration: Configuration, data: PreparedData, folds: list[Fold],
-                      parent: str) -> tuple[dict[str, list[float]], list[float]]:
+                      parent: str, tests: list[TestSet] | None = None) -> tuple[dict[str, list[float]], list[float]]:
     """One configuration on every fold, as a child run of the study with a grandchild per fold. Returns (per-fold
     test scores per metric, the folds' test/train size ratios)."""
     factor_tags = {f"factor.{k}": v for k, v in configuration.factors.items()}
@@ -117,12 +122,30 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
     ratios = []
     for fold in folds:
         fold_data = dc_replace(data, table=data.table.assign(split=list(fold.split)))
-        config = dc_replace(configuration.config, run_name=f"{configuration.name}-{fold.name}", gradcam_samples=0)
+        seed = configuration.config.seed + (fold.repeat if spec.protocol == "cross_dataset" else 0)
+        config = dc_replace(configuration.config, run_name=f"{configuration.name}-{fold.name}", gradcam_samples=0,
+                            seed=seed)
         result = run_training(config, data=fold_data, parent_run_id=config_run, log_trained=False, plots=False,
                               tags={"bloodml.task": "study-fold", "bloodml.study": spec.name, "fold": fold.name,
                                     **factor_tags})
+        scores = {m: result.metrics[f"test_{m}"] for m in METRICS}
+        if tests:  # the compared scores are the first test dataset's; the in-domain ones are kept beside them
+            per_metric.setdefault("in_domain_macro_f1", []).append(scores["macro_f1"])
+            crossed = {}
+            for index, test in enumerate(tests):
+                values, note = score_on(result.model, result.classes, test, result.shift_profile)
+                if note and fold is folds[0]:
+                    say(f"note: {note}")
+                crossed.update({f"cross_{test.name}_{k}": v for k, v in values.items()})
+                if index == 0:
+                    scores = {m: values[m] for m in METRICS}
+                    if "shift_far_share" in values:
+                        per_metric.setdefault("shift_far_share", []).append(values["shift_far_share"])
+                else:
+                    per_metric.setdefault(f"{test.name}_macro_f1", []).append(values["macro_f1"])
+            log_metrics(crossed, run_id=result.run_id)
         for metric in METRICS:
-            per_metric[metric].append(result.metrics[f"test_{metric}"])
+            per_metric[metric].append(scores[metric])
         ratios.append(result.metrics["n_test"] / result.metrics["n_train"])
     aggregated = {}
     for metric, values in per_metric.items():
@@ -137,7 +160,7 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
 def compare_configurations(spec: StudySpec, scores: Scores, ratio: float) -> list:
     """Each question's paired comparisons (corrected resampled t-test for cross-validation)."""
     return [compare(q.name, a, b, spec.metric, np.array(scores[a][spec.metric]), np.array(scores[b][spec.metric]),
-                    ratio if spec.protocol == "cv" else 0.0, short_name(a, q.factor), short_name(b, q.factor))
+                    ratio if spec.protocol in ("cv", "cross_dataset") else 0.0, short_name(a, q.factor), short_name(b, q.factor))
             for q in spec.questions for a, b in q.pairs]
 
 
@@ -157,6 +180,7 @@ def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult:
     data = study_data(spec)
     folds = study_folds(spec, data)
     leaks = audit_folds(data, folds)
+    tests = load_test_sets(spec.tests) if spec.tests else None
     say(f"study {spec.name}: {len(spec.configurations)} configurations x {len(folds)} folds; {len(data.table)} "
         f"images, classes {', '.join(data.classes)}; leakage audit of every fold: {leaks} leaks")
     parent, scores = open_study_run(spec, folds, resume)
@@ -164,7 +188,7 @@ def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult:
     for index, configuration in enumerate(spec.configurations, start=1):
         if configuration.name in scores:
             continue
-        scores[configuration.name], fold_ratios = run_configuration(spec, configuration, data, folds, parent)
+        scores[configuration.name], fold_ratios = run_configuration(spec, configuration, data, folds, parent, tests)
         ratios += fold_ratios
         say(f"configuration {index}/{len(spec.configurations)} {configuration.name}: test {spec.metric} "
             f"{np.mean(scores[configuration.name][spec.metric]):.3f} over {len(folds)} folds "

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import PARAMETERS, RECIPES, RunConfig, build_config, load_yaml, replace
+from ..config import AUGMENT_PRESETS, PARAMETERS, RECIPES, RunConfig, build_config, load_yaml, replace
 from ..errors import BloodmlError
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc")
@@ -40,6 +40,7 @@ class StudySpec:
     val_fraction: float
     metric: str
     configurations: list[Configuration] = field(default_factory=list)
+    tests: list[str] = field(default_factory=list)  # cross_dataset: run configuration files of the test datasets
     questions: list[Question] = field(default_factory=list)
 
 
@@ -80,14 +81,27 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     base = build_config(run_file, settings)
     protocol = dict(content.get("protocol") or {})
     kind = protocol.get("type", "cv")
-    if kind not in ("cv", "holdout"):
-        raise BloodmlError(f"{source}: protocol type '{kind}' is unknown; use cv or holdout.")
+    if kind not in ("cv", "holdout", "cross_dataset"):
+        raise BloodmlError(f"{source}: protocol type '{kind}' is unknown; use cv, holdout or cross_dataset.")
     metric = content.get("metric", "macro_f1")
     if metric not in METRICS:
         raise BloodmlError(f"{source}: metric '{metric}' is unknown; use one of {', '.join(METRICS)}.")
     spec = StudySpec(name=str(content.get("name") or Path(path).stem), base=base, protocol=kind,
                      folds=int(protocol.get("folds", 5)), repeats=int(protocol.get("repeats", 3)),
                      val_fraction=float(protocol.get("val_fraction", 0.15)), metric=metric)
+    if kind == "cross_dataset":  # train on the run file's data (its own hold-out split), test on other datasets
+        tests = protocol.get("test") or []
+        tests = [tests] if isinstance(tests, str) else list(tests)
+        if not tests:
+            raise BloodmlError(f"{source}: protocol cross_dataset needs test: [<run config of another dataset>, ...].")
+        resolved = []
+        for test in tests:
+            candidate = Path(test) if Path(test).is_file() else Path(path).parent / Path(test).name
+            if not candidate.is_file():
+                raise BloodmlError(f"{source}: test dataset config '{test}' not found; give a run configuration "
+                                   f"file (experiments/<name>.yaml).")
+            resolved.append(str(candidate))
+        spec.tests, spec.folds = resolved, 1
     if kind == "holdout":
         spec.folds, spec.repeats = 1, 1
     if spec.folds < 2 and kind == "cv":
@@ -109,6 +123,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         params.update(extra or {})
         if "recipe" in params:  # a recipe level brings its preset; the file's settings and the command line win
             params = {**RECIPES[str(params["recipe"])], **settings, **params}
+        if "augment_preset" in params:  # likewise an acquisition preset
+            params = {**AUGMENT_PRESETS[str(params["augment_preset"])], **settings, **params}
         name = _name(chosen)
         return Configuration(name, dict(chosen), replace(base, **params, run_name=name), control)
 

@@ -25,7 +25,7 @@ def _val_hashes(run_id: str) -> set[str]:
 
 def score_model(model_uri: str, rows: pd.DataFrame, objective: str) -> float | None:
     """The objective of a logged model on given images (rows: path, label, mask_path)."""
-    model, classes, spec = loaded_model(model_uri)
+    model, classes, spec, _ = loaded_model(model_uri)
     if set(rows["label"]) - set(classes):
         return None
     probabilities = model_probabilities(model, spec, list(rows["path"]), list(rows["mask_path"]))

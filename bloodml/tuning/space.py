@@ -21,6 +21,11 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "vflip": {"type": "categorical", "choices": [True, False]},
     "brightness": {"type": "float", "low": 0.0, "high": 0.4},
     "balance": {"type": "categorical", "choices": ["none", "oversample", "weights"]},
+    # acquisition: another instrument's colour, stain and sharpness
+    "aug_gain": {"type": "float", "low": 0.0, "high": 0.4},
+    "aug_hed": {"type": "float", "low": 0.0, "high": 0.1},
+    "aug_grey": {"type": "float", "low": 0.0, "high": 0.6},
+    "aug_blur": {"type": "float", "low": 0.0, "high": 2.0},
     # regularisation
     "l1": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True},
     "l2": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True},

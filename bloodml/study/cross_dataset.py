@@ -1,0 +1,73 @@
+"""The cross-dataset protocol: a model trained on one dataset (its own hold-out split, one per seed) is scored on
+other datasets' images (another instrument, lab or stain), in memory, as its logged model would score them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import RunConfig, build_config
+from ..data.prepare import read_labelled
+from ..errors import BloodmlError
+from ..predict import model_probabilities
+from ..evaluation.shift import ShiftProfile
+from ..scoring import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from, mcc_from
+
+
+@dataclass(frozen=True)
+class TestSet:
+    name: str
+    table: pd.DataFrame  # path, label, mask_path
+    config: RunConfig
+
+
+def load_test_sets(paths: list[str], overrides: dict | None = None) -> list[TestSet]:
+    """Each test dataset's labelled images (its own run configuration: reader, class names, mask codes)."""
+    sets = []
+    for path in paths:
+        config = build_config(path, overrides or {})
+        table, _, _, _ = read_labelled(config)
+        sets.append(TestSet(Path(path).stem, table, config))
+    return sets
+
+
+class InMemoryModel:
+    """A trained classifier behind the logged model's interface: float32 network input -> probabilities."""
+
+    def __init__(self, model):
+        self.model = model.cpu().float().eval()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.model(torch.from_numpy(x)).numpy()
+
+
+def score_on(model, classes: list[str], test: TestSet, profile: ShiftProfile | None) -> tuple[dict[str, float], str]:
+    """Scores of ``model`` on one test dataset (its images without a mask left out when the model needs one and
+    has no segmenter), and a note saying what was left out."""
+    spec = model.spec
+    table = test.table
+    unknown = sorted(set(table["label"]) - set(classes))
+    if unknown:
+        raise BloodmlError(f"test data {test.config.data}: classes {', '.join(unknown)} are not the model's "
+                           f"({', '.join(classes)}); rename them (class_names) or drop them (min_class_count).")
+    note = ""
+    if spec.masked and spec.masks_from == "expert":
+        has = table["mask_path"].map(lambda m: isinstance(m, str) and bool(m))
+        if (~has).any():
+            note = f"{test.name}: {int((~has).sum())} image(s) without a mask left out of masks={spec.mask_mode}"
+            table = table.loc[has]
+    points: list = []
+    probabilities = model_probabilities(InMemoryModel(model), spec, list(table["path"]), list(table["mask_path"]),
+                                        mask_codes=test.config.mask_codes, shift=points)
+    truth = np.array([classes.index(label) for label in table["label"]])
+    cm = confusion_counts(truth, probabilities.argmax(1), len(classes))
+    scores = {"accuracy": accuracy_from(cm), "balanced_accuracy": balanced_accuracy_from(cm),
+              "macro_f1": macro_f1_from(cm), "mcc": mcc_from(cm)}
+    if profile is not None and points:
+        scores.update(profile.report(np.concatenate(points)))
+    return scores, note
