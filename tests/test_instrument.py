@@ -98,6 +98,8 @@ def test_cross_dataset_study_trains_on_one_dataset_and_scores_another(make_wbc, 
     result = run_study(spec, tmp_path / "report")
     for name, scores in result.scores.items():
         assert len(scores["macro_f1"]) == 2 and len(scores["in_domain_macro_f1"]) == 2
+    resumed = run_study(spec, tmp_path / "again", resume=True)  # reuses the cross-dataset scores, not in-domain
+    assert {n: s["macro_f1"] for n, s in resumed.scores.items()} == {n: s["macro_f1"] for n, s in result.scores.items()}
     report = (tmp_path / "report" / "study_report.md").read_text()
     assert "test on" in report and "in_domain_macro_f1" in report and "Does augment_preset matter?" in report
 

@@ -87,8 +87,9 @@ def previous_study(spec: StudySpec, folds: list[Fold]) -> tuple[str | None, Scor
         if any(run.data.params.get(k) != v for k, v in expected[name].items() if k != "run_name"):
             continue
         fold_runs = {r.data.tags.get("fold"): r for r in child_runs(run.info.run_id, finished_only=True)}
-        if all(f.name in fold_runs for f in folds):
-            done[name] = {m: [fold_runs[f.name].data.metrics[f"test_{m}"] for f in folds] for m in METRICS}
+        prefix = f"cross_{Path(spec.tests[0]).stem}_" if spec.protocol == "cross_dataset" else "test_"
+        if all(f.name in fold_runs and f"{prefix}{METRICS[0]}" in fold_runs[f.name].data.metrics for f in folds):
+            done[name] = {m: [fold_runs[f.name].data.metrics[f"{prefix}{m}"] for f in folds] for m in METRICS}
     return parent, done
 
 
@@ -193,7 +194,10 @@ def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult:
         say(f"configuration {index}/{len(spec.configurations)} {configuration.name}: test {spec.metric} "
             f"{np.mean(scores[configuration.name][spec.metric]):.3f} over {len(folds)} folds "
             f"({time.perf_counter() - started:.0f}s so far)")
-    ratio = float(np.mean(ratios)) if ratios else 1.0 / (spec.folds - 1)
+    base = spec.base  # every configuration reused: the ratio its split implies
+    fallback = (1.0 / (spec.folds - 1) if spec.folds > 1 else
+                base.test_fraction / max(1.0 - base.val_fraction - base.test_fraction, 1e-9))
+    ratio = float(np.mean(ratios)) if ratios else fallback
     scores = {c.name: scores[c.name] for c in spec.configurations}  # the study file's order
     result = StudyResult(spec, scores, compare_configurations(spec, scores, ratio), leaks, None, parent,
                          time.perf_counter() - started)
