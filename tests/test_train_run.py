@@ -86,3 +86,15 @@ def test_mlflow_run_entry_point(make_folders, tmp_path):
     logged = runs[0].data
     assert logged.params["masks"] == "cell" and logged.params["epochs"] == "2" and logged.params["seed"] == "42"
     assert logged.tags["masks_used"] == "true" and "test_accuracy" in logged.metrics
+
+
+def test_no_progress_bars_in_logs_or_ci(make_wbc, capfd, monkeypatch):
+    """CI=true (set for every test): a run that logs and hashes its model prints plain lines, no '%|' bars."""
+    from bloodml.config import build_config
+    from bloodml.train import run_training
+    from conftest import tiny_overrides
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    run_training(build_config(None, tiny_overrides(make_wbc(per_class=4), epochs=1, gradcam_samples=0)))
+    out, err = capfd.readouterr()
+    assert "epoch 1/1" in out and "%|" not in out + err

@@ -8,12 +8,16 @@ import os
 
 import mlflow
 
+from ..runtime import show_progress
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def configure_tracking() -> str:
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # schema set-up chatter, not the user's
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not show_progress():  # logs and CI get plain lines, never MLflow's artefact progress bars
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
