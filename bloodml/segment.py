@@ -23,8 +23,9 @@ from .compute import resolve as resolve_compute
 from .config import RunConfig
 from .data.dataset import ImageSet, preload
 from .data.input_spec import InputSpec
-from .data.masks import REGION_NAMES
-from .data.prepare import PreparedData, prepare
+from .data.images import read_rgb
+from .data.masks import REGION_NAMES, parse_mask_codes, read_regions
+from .data.prepare import PreparedData, prepare, read_labelled
 from .data.splits import manifest
 from .data.transforms import build_augmentation
 from .errors import BloodmlError
@@ -33,6 +34,7 @@ from .runtime import configure, say, show_progress
 from .segmentation.gallery import save_gallery
 from .segmentation.network import CellSegmenter, full_size
 from .segmentation.scores import per_image, summarise
+from .segmentation.source import loaded_segmenter, pinned
 from .segmentation.training import SegmentSettings, fit_segmenter, predict_regions
 from .tracking.buffer import MetricBuffer
 from .tracking.model import log_segmenter
@@ -153,13 +155,8 @@ def run_segment(config: RunConfig, register_as: str = "", data: PreparedData | N
 def score_segmenter(reference: str, config: RunConfig) -> dict[str, float]:
     """A logged segmenter on another dataset's expert masks (every image that has one, at the image's own size):
     Dice/IoU per region with 95 % intervals and the overlay gallery, logged as an evaluation run."""
-    from .data.images import read_rgb
-    from .data.masks import parse_mask_codes, read_regions
-    from .data.prepare import read_labelled
-    from .segmentation.source import _loaded, pinned
-
     uri = configure_tracking()
-    segmenter = _loaded(pinned(reference))
+    segmenter = loaded_segmenter(pinned(reference))
     table, fmt, root, notes = read_labelled(config)
     table = table.loc[table["mask_path"].map(lambda m: isinstance(m, str) and bool(m))].reset_index(drop=True)
     if not len(table):

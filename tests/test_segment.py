@@ -77,8 +77,8 @@ def test_segment_logs_dice_with_intervals_gallery_and_a_model_that_loads_in_a_ne
     with torch.no_grad():
         here = full_size(result.model.eval()(to_input(image, 32)).argmax(1)[0].numpy().astype(np.uint8), image.shape[:2])
     np.save(tmp_path / "image.npy", image)
-    code = (f"import numpy as np; from bloodml.segmentation.source import _loaded; "
-            f"s = _loaded('runs:/{result.run_id}/segmenter'); "
+    code = (f"import numpy as np; from bloodml.segmentation.source import loaded_segmenter; "
+            f"s = loaded_segmenter('runs:/{result.run_id}/segmenter'); "
             f"np.save(r'{tmp_path / 'there.npy'}', s(np.load(r'{tmp_path / 'image.npy'}')))")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     assert np.array_equal(np.load(tmp_path / "there.npy"), here)

@@ -45,7 +45,7 @@ def pinned(reference: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _loaded(uri: str) -> LoadedSegmenter:
+def loaded_segmenter(uri: str) -> LoadedSegmenter:
     model, meta = load_segmenter(uri)
     return LoadedSegmenter(model.predict, meta.get("image_size", 128), uri, meta.get("regions", []),
                            meta.get("trained_on_sha256", []))
@@ -59,7 +59,7 @@ def segmenter_for(spec: InputSpec) -> LoadedSegmenter | None:
     if not spec.segmenter:
         raise BloodmlError(f"masks_from={spec.masks_from} needs a segmenter; add segmenter=<runs:/<id>/segmenter or "
                            f"models:/<name>@<alias>>.")
-    segmenter = _loaded(spec.segmenter)
+    segmenter = loaded_segmenter(spec.segmenter)
     needed = NEEDED.get(spec.mask_mode, ())
     if needed and not set(needed) & set(segmenter.regions):
         raise BloodmlError(f"{segmenter.uri}: this segmenter was trained on masks with the regions "

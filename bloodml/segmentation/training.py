@@ -41,14 +41,21 @@ def predict_regions(model: CellSegmenter, images: torch.Tensor, batch: int = 32,
     return torch.cat(out) if out else torch.zeros((0, *images.shape[-2:]), dtype=torch.uint8)
 
 
-def validation_scores(model: CellSegmenter, data: ImageSet, compute: Compute) -> dict[str, float]:
-    predicted = predict_regions(model, data.images, compute=compute)
-    scores = per_image(predicted.numpy(), data.regions.numpy())
-    with torch.no_grad(), compute.autocast():
-        loss = np.mean([float(F.cross_entropy(model(compute.put(data.images[i:i + 32]).float().div_(255)).float(),
-                                              compute.put(data.regions[i:i + 32]).long()))
-                        for i in range(0, len(data), 32)]) if len(data) else float("nan")
-    return {"val_loss": float(loss), **{f"val_{k}": float(v.mean()) for k, v in scores.items()}}
+@torch.no_grad()
+def validation_scores(model: CellSegmenter, data: ImageSet, compute: Compute, batch: int = 32) -> dict[str, float]:
+    """Validation loss and per-region Dice/IoU, from one forward pass per batch."""
+    model.eval()
+    losses, predicted = [], []
+    for start in range(0, len(data), batch):
+        x = compute.put(data.images[start:start + batch]).float().div_(255.0)
+        with compute.autocast():
+            logits = model(x).float()
+        losses.append(float(F.cross_entropy(logits, compute.put(data.regions[start:start + batch]).long())) * len(x))
+        predicted.append(logits.argmax(1).to(torch.uint8).cpu())
+    if not predicted:
+        return {"val_loss": float("nan")}
+    scores = per_image(torch.cat(predicted).numpy(), data.regions.numpy())
+    return {"val_loss": sum(losses) / len(data), **{f"val_{k}": float(v.mean()) for k, v in scores.items()}}
 
 
 def fit_segmenter(model: CellSegmenter, train: ImageSet, val: ImageSet, augmentation: Augmentation | None,

@@ -23,7 +23,7 @@ def short_name(name: str, factor: str) -> str:
     return parts.get(factor, name) if factor != "control" else ("background only" if "background" in name else "reference")
 
 
-def _plot_question(question, scores, metric, path: Path) -> Path:
+def _plot_question(question, scores, metric, path: Path, ylabel: str = "") -> Path:
     names = list(dict.fromkeys([n for pair in question.pairs for n in pair]))
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(names), 3.8))
     rng = np.random.default_rng(0)
@@ -34,7 +34,7 @@ def _plot_question(question, scores, metric, path: Path) -> Path:
         ax.errorbar(x + 0.25, mean, yerr=[[mean - low], [high - mean]] if np.isfinite(low) else None, fmt="o",
                     color="black", capsize=4)
     ax.set_xticks(range(len(names)), [short_name(n, question.factor) for n in names], rotation=15)
-    ax.set_ylabel(f"test {metric} per fold")
+    ax.set_ylabel(ylabel or f"test {metric} per fold")
     ax.set_title("\n".join(textwrap.wrap(question.name, 45)), fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -94,7 +94,9 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
                       "sharpness; <name>_macro_f1: the further test datasets."]
     lines += ["", "## Comparisons", ""]
     for i, question in enumerate(spec.questions):
-        path = _plot_question(question, result.scores, spec.metric, out / f"question_{i}.png")
+        ylabel = (f"{spec.metric} on {Path(spec.tests[0]).stem}, per seed" if spec.protocol == "cross_dataset"
+                  else "")
+        path = _plot_question(question, result.scores, spec.metric, out / f"question_{i}.png", ylabel)
         lines += [f"### {question.name}", "", f"![{question.name}]({path.name})", ""]
     background = [c for c in result.comparisons if c.question.startswith("Background-only")]
     if background:

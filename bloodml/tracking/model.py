@@ -35,18 +35,23 @@ def model_metadata(model: BloodCellClassifier, extra: dict | None = None) -> dic
 def log_model(model: BloodCellClassifier, example: torch.Tensor, extra_metadata: dict | None = None):
     """Log as a PT2 graph (``torch.export``: loading runs no pickled code) with signature, input example,
     explicit requirements (no inference subprocess) and the input specification/class names as metadata."""
+    return _log_pt2(model, "model", example, model_metadata(model, extra_metadata))
+
+
+def _log_pt2(model, name: str, example: torch.Tensor, metadata: dict):
+    """A model as a PT2 graph at artifact ``name``, with signature, input example, pinned requirements and
+    metadata; the SHA-256 of what the store holds is recorded as a run tag (checked when loading)."""
     model = model.eval()
     example_np = example[:2].numpy().astype(np.float32)
     with torch.no_grad():
         output = model(example[:2]).numpy()
-    signature = infer_signature(example_np, output)
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
                     f"timm=={timm.__version__}", f"numpy=={np.__version__}"]
     info = mlflow.pytorch.log_model(
-        model, name="model", signature=signature, input_example=example_np, pip_requirements=requirements,
-        serialization_format="pt2", metadata=model_metadata(model, extra_metadata),
+        model, name=name, signature=infer_signature(example_np, output), input_example=example_np,
+        pip_requirements=requirements, serialization_format="pt2", metadata=metadata,
     )
-    with tempfile.TemporaryDirectory() as tmp:  # the hash of what the store holds, recorded in the tracking DB
+    with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)
         mlflow.set_tag(HASH_TAG, directory_sha256(Path(local)))
     return info
@@ -66,21 +71,9 @@ def directory_sha256(folder: Path) -> str:
 def log_segmenter(model, example: torch.Tensor, metadata: dict):
     """A segmenter, logged like a classifier (PT2, signature, requirements, hash) with ``bloodml_kind`` =
     ``segmenter`` in its metadata: input float32 RGB in [0,1] (N,3,S,S), output region logits (N,3,S,S)."""
-    model = model.eval()
-    example_np = example[:2].numpy().astype(np.float32)
-    with torch.no_grad():
-        output = model(example[:2]).numpy()
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}",
-                    f"numpy=={np.__version__}"]
-    info = mlflow.pytorch.log_model(
-        model, name="segmenter", signature=infer_signature(example_np, output), input_example=example_np,
-        pip_requirements=requirements, serialization_format="pt2",
-        metadata={"bloodml_kind": SEGMENTER, "input": "float32 RGB in [0,1], shape (N,3,S,S)",
-                  "output": "logits (N,3,S,S) over background, cytoplasm, nucleus", **metadata})
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)
-        mlflow.set_tag(HASH_TAG, directory_sha256(Path(local)))
-    return info
+    return _log_pt2(model, "segmenter", example,
+                    {"bloodml_kind": SEGMENTER, "input": "float32 RGB in [0,1], shape (N,3,S,S)",
+                     "output": "logits (N,3,S,S) over background, cytoplasm, nucleus", **metadata})
 
 
 def load_segmenter(reference: str):
