@@ -218,6 +218,19 @@ def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter
     click.echo(f"{len(table)} images -> {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+@cli.command()
+@click.option("-m", "--model", "reference", required=True,
+              help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/model or a run ID")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: every one)")
+@click.option("-p", "--port", default=5000, show_default=True, type=int, help="port to listen on")
+@click.option("--workers", default=1, show_default=True, type=int, help="server processes")
+def serve(reference, host, port, workers):
+    """Serve a model to clients that send image files: `mlflow models serve` on the run's image_model."""
+    from .serving.command import serve_image_model
+
+    serve_image_model(reference, host, port, workers)
+
+
 @cli.group()
 def data():
     """Look at a dataset before training."""

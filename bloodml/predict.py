@@ -20,6 +20,7 @@ from .errors import BloodmlError
 from .evaluation.shift import ShiftProfile, descriptors, warning
 from .runtime import say
 from .segmentation.source import segmenter_for, with_masks_from
+from .serving.frames import probability_table
 from .tracking.model import load_model
 
 
@@ -114,6 +115,6 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     probabilities = model_probabilities(model, spec, [str(f) for f in files], masks_for(files, spec, masks), batch,
                                         shift=points)
     shift_check(profile, points)
-    return pd.DataFrame([{"file": str(path), "predicted_label": classes[int(p.argmax())], "confidence": float(p.max()),
-                          **{f"p_{name}": float(v) for name, v in zip(classes, p)}}
-                         for path, p in zip(files, probabilities)])
+    table = probability_table(probabilities, classes, label="predicted_label")
+    table.insert(0, "file", [str(path) for path in files])
+    return table

@@ -26,7 +26,7 @@ from .data.input_spec import InputSpec
 from .data.images import read_rgb
 from .data.masks import REGION_NAMES, parse_mask_codes, read_regions
 from .data.prepare import PreparedData, prepare, read_labelled
-from .data.splits import manifest
+from .data.splits import dataset_name, manifest
 from .data.transforms import build_augmentation
 from .errors import BloodmlError
 from .models.registry import create_backbone
@@ -39,7 +39,8 @@ from .segmentation.training import SegmentSettings, fit_segmenter, predict_regio
 from .tracking.buffer import MetricBuffer
 from .tracking.model import log_segmenter
 from .tracking.registry import register
-from .tracking.runs import log_folder, log_metrics, log_params, log_table, set_tags, training_run
+from .tracking.runs import log_folder, log_metrics, log_params, log_split_manifest, set_description, set_tags, \
+    training_run
 from .tracking.store import configure_tracking, ui_hint
 
 SPLITS = ("train", "val", "test")
@@ -106,9 +107,10 @@ def run_segment(config: RunConfig, register_as: str = "", data: PreparedData | N
                       {"bloodml.task": "segment"}) as run:
         log_params({**config.to_params(), "segment_augmentation": "rotation 180, shift 0.05, zoom 0.1, flips, "
                                                                    "brightness 0.2"})
-        set_tags({"bloodml.kind": "segmenter", "device_name": compute.name, "precision_used": compute.precision,
+        set_tags({"device_name": compute.name, "precision_used": compute.precision,
                   "threads": str(threads)})
-        log_table(manifest(data.table, str(data.root)), "split_manifest.csv")
+        log_split_manifest(manifest(data.table, str(data.root)), dataset_name(config.data),
+                       str(Path(config.data).resolve()))
         buffer = MetricBuffer(run.info.run_id)
 
         def on_epoch(epoch: int, record: dict) -> None:
@@ -141,15 +143,24 @@ def run_segment(config: RunConfig, register_as: str = "", data: PreparedData | N
                                        "trained_on_sha256": hashes})
         version = register(run.info.run_id, register_as, alias="champion", artifact="segmenter") if register_as \
             else None
-        say(f"test Dice: cell {metrics.get('test_cell_dice', float('nan')):.3f} "
-            f"({metrics.get('test_cell_dice_ci_low', float('nan')):.3f}-"
-            f"{metrics.get('test_cell_dice_ci_high', float('nan')):.3f}), nucleus "
-            f"{metrics.get('test_nucleus_dice', float('nan')):.3f} "
-            f"({metrics.get('test_nucleus_dice_ci_low', float('nan')):.3f}-"
-            f"{metrics.get('test_nucleus_dice_ci_high', float('nan')):.3f}); segmenter runs:/{run.info.run_id}/segmenter"
+        dice = dice_line(metrics)
+        set_description(f"Segmenter (**{config.backbone}** encoder, {config.image_size} px) on "
+                        f"{dataset_name(config.data)}: {len(train)} training, {len(val)} "
+                        f"validation, {len(test)} test images.\n\n{dice}.\n\nOverlays: evaluation/overlay_gallery.png; "
+                        f"model: runs:/{run.info.run_id}/segmenter.\n")
+        say(f"{dice}; segmenter runs:/{run.info.run_id}/segmenter"
             + (f", registered as {register_as} version {version} (@champion)" if version else ""))
         say(f"see it: {ui_hint(uri)}")
     return SegmentResult(run.info.run_id, metrics, model, version)
+
+
+def dice_line(metrics: dict) -> str:
+    """Test Dice of the cell and the nucleus with their intervals."""
+    def one(region: str) -> str:
+        key = f"test_{region}_dice"
+        return (f"{region} {metrics.get(key, float('nan')):.3f} ({metrics.get(key + '_ci_low', float('nan')):.3f}-"
+                f"{metrics.get(key + '_ci_high', float('nan')):.3f})")
+    return f"test Dice: {one('cell')}, {one('nucleus')}"
 
 
 def score_segmenter(reference: str, config: RunConfig) -> dict[str, float]:
@@ -176,7 +187,7 @@ def score_segmenter(reference: str, config: RunConfig) -> dict[str, float]:
     metrics = {f"eval_{k}": v for k, v in summarise(scores, config.bootstrap, config.seed).items()}
     metrics["eval_images"] = float(len(table))
     with training_run(config.experiment, config.run_name or f"segment-score-{Path(str(config.data)).name}", None,
-                      {"bloodml.task": "segment-evaluate", "bloodml.kind": "segmenter", "model": segmenter.uri}):
+                      {"bloodml.task": "segment-evaluate", "model": segmenter.uri}):
         log_params({"model": segmenter.uri, "data": config.data, "format": fmt})
         log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import __version__
@@ -24,7 +25,7 @@ from .data.acquisition import Acquisition
 from .data.dataset import ImageSet, preload, stray_note
 from .data.input_spec import InputSpec
 from .data.prepare import PreparedData, prepare
-from .data.splits import manifest
+from .data.splits import dataset_name, manifest
 from .data.transforms import Preprocess, build_augmentation, fit_input_spec
 from .evaluation.report import EvaluationSettings, evaluate
 from .evaluation.shift import ShiftProfile, descriptors
@@ -34,9 +35,10 @@ from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
 from .segmentation.source import pinned, segmenter_for
 from .tracking.buffer import MetricBuffer
+from .tracking.image_model import log_image_model
 from .tracking.model import log_model
-from .tracking.runs import end_active_run, log_folder, log_metrics, log_params, log_table, logged_steps, \
-    resumed_run, set_tags, training_run
+from .tracking.runs import end_active_run, log_folder, log_metrics, log_params, log_split_manifest, logged_steps, \
+    resumed_run, set_description, set_tags, training_run
 from .tracking.store import configure_tracking, ui_hint
 from .training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .training.features import augmented_view, view_features
@@ -201,7 +203,8 @@ def log_run_inputs(config: RunConfig, data: PreparedData, threads: int, compute:
               "classes": ",".join(data.classes), "threads": str(threads), "device": str(compute.device),
               "device_name": compute.name, "precision_used": compute.precision,
               **(tags or {})})  # the caller's task tag (tune trial, study fold) wins
-    log_table(manifest(data.table, str(data.root)), "split_manifest.csv")
+    log_split_manifest(manifest(data.table, str(data.root)), dataset_name(config.data),
+                       str(Path(config.data).resolve()))
 
 
 def epoch_logger(total: int, buffer: MetricBuffer, hook=None):
@@ -253,8 +256,25 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
                                 evaluation_settings(config, data.classes, plots, compute),
                                 Path(tmp), groups))
         log_folder(tmp, "evaluation")
+        summary = Path(tmp) / "summary.md"  # not written without plots (a study's folds)
+        set_description(run_description(config, data, summary.read_text() if summary.is_file() else "", metrics))
     metrics.update({f"n_{s}": float(len(sets[s])) for s in SPLITS})
     return metrics
+
+
+def run_description(config: RunConfig, data: PreparedData, summary: str, metrics: dict[str, float]) -> str:
+    """The run page's Description: what was trained on what, then the evaluation summary (without its file
+    links: the artefacts sit under evaluation/), or the test scores where no summary was written."""
+    training = (f"fine-tuned ({config.finetune})" if config.finetune != "none" else "frozen backbone, trained head")
+    head = (f"**{config.backbone}**, {training}, {config.image_size} px, masks={config.masks}, seed {config.seed}, "
+            f"on {dataset_name(config.data)}: " + ", ".join(f"{int((data.table['split'] == s).sum())} {s}"
+                                                              for s in SPLITS) + " images.")
+    body = [line for line in summary.splitlines() if not line.startswith("- [") and line != "# Run summary"]
+    if not body:
+        body = ["", "Test: " + ", ".join(f"{name} {metrics[f'test_{name}']:.3f}" for name in
+                                         ("accuracy", "balanced_accuracy", "macro_f1") if f"test_{name}" in metrics)
+                + "."]
+    return "\n".join([head, *body, "Artefacts: evaluation/summary.md and the plots and tables beside it."]).strip() + "\n"
 
 
 def shift_profile(spec: InputSpec, sets: dict[str, ImageSet]) -> tuple[ShiftProfile, dict[str, float]]:
@@ -264,11 +284,26 @@ def shift_profile(spec: InputSpec, sets: dict[str, ImageSet]) -> tuple[ShiftProf
     return profile, {f"test_{k}": v for k, v in report.items()}
 
 
-def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: ImageSet, profile: ShiftProfile) -> None:
-    """The model is exported on the CPU (PT2), whatever device trained it: it loads anywhere."""
+def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: ImageSet, profile: ShiftProfile,
+                      test_files: pd.DataFrame) -> None:
+    """The tensor-in model, exported on the CPU (PT2) whatever device trained it, so it loads anywhere; and the
+    image-in model that serves it, with a test image (and its mask) as the input example."""
     example = model.spec.network_input(test.images[:2], test.regions[:2])
-    log_model(model.cpu().float(), example, {"backbone": config.backbone, "bloodml_version": __version__,
-                                             "tta": str(model.tta).lower(), "shift_profile": profile.to_dict()})
+    info = log_model(model.cpu().float(), example, {"backbone": config.backbone, "bloodml_version": __version__,
+                                                    "tta": str(model.tta).lower(), "shift_profile": profile.to_dict()})
+    image, mask = example_files(test_files, model.spec)
+    log_image_model(info.model_uri, model.class_names, model.spec, image, mask)
+
+
+def example_files(files: pd.DataFrame, spec: InputSpec) -> tuple[bytes, bytes | None]:
+    """A served model's input example: the bytes of a test image, and of its mask when the model is masked (an
+    image that has one, unless a segmenter draws the masks)."""
+    rows = files
+    if spec.masked and not spec.segmented and "mask_path" in files:
+        rows = files[files["mask_path"].map(lambda m: isinstance(m, str) and bool(m))]
+    row = (rows if len(rows) else files).iloc[0]
+    mask = row.get("mask_path") if spec.masked and spec.masks_from != "model" else None
+    return Path(row["path"]).read_bytes(), Path(mask).read_bytes() if isinstance(mask, str) and mask else None
 
 
 def run_training(config: RunConfig, data: PreparedData | None = None, parent_run_id: str | None = None,
@@ -304,7 +339,7 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
         metrics["train_seconds"] = time.perf_counter() - started
         log_metrics(metrics)
         if log_trained:
-            log_trained_model(model, config, sets["test"], profile)
+            log_trained_model(model, config, sets["test"], profile, data.split("test"))
         checkpoint_path(run.info.run_id).unlink(missing_ok=True)  # finished: nothing left to resume
         say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "

@@ -1,9 +1,13 @@
 """Issue 13: a segmenter learnt from expert masks, used where a mask is missing; crop-to-cell inputs."""
 
+import io
+import os
 import subprocess
 import sys
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -69,7 +73,7 @@ def test_segment_logs_dice_with_intervals_gallery_and_a_model_that_loads_in_a_ne
     for region in ("cell", "nucleus"):
         value = run.data.metrics[f"test_{region}_dice"]
         assert run.data.metrics[f"test_{region}_dice_ci_low"] <= value <= run.data.metrics[f"test_{region}_dice_ci_high"]
-    assert run.data.tags["bloodml.kind"] == "segmenter" and "val_cell_dice" in run.data.metrics
+    assert run.data.tags["bloodml.kind"] == "segment" and "val_cell_dice" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "evaluation")}
     assert "evaluation/overlay_gallery.png" in artifacts
     # the same masks to the pixel: in memory here, and loaded from the store in a fresh process
@@ -124,6 +128,27 @@ def test_a_classifier_with_segmenter_masks_predicts_images_that_have_no_mask(seg
     code, out, err = run_cli(capsys, "predict", "-m", trained.run_id, new, "-o", tmp_path / "p.csv",
                              "--masks-from", "expert")
     assert code == 0, err  # the model's own segmenter still draws what is missing
+    predicted = pd.read_csv(tmp_path / "p.csv")
+
+    # The served image-in model carries the segmenter: it answers the same from its own folder, in a new process
+    # whose tracking store is empty (nothing to fetch the segmenter from).
+    folder = mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/image_model", dst_path=str(tmp_path / "m"))
+    files = [str(p) for p in sorted(new.glob("*.bmp"))]
+    answer = subprocess.run([sys.executable, "-c", SERVE_FROM_FOLDER, folder, *files], capture_output=True, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"},
+                            timeout=300)
+    assert answer.returncode == 0, answer.stderr
+    served = pd.read_json(io.StringIO(answer.stdout))
+    assert list(served["label"]) == list(predicted["predicted_label"])
+    columns = [c for c in predicted.columns if c.startswith("p_")]
+    assert np.allclose(served[columns], predicted[columns], atol=1e-5)
+
+
+SERVE_FROM_FOLDER = """
+import sys, mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+print(model.predict(pd.DataFrame({"image": [open(f, "rb").read() for f in sys.argv[2:]]})).to_json())
+"""
 
 
 def test_a_classifier_or_the_wrong_regions_are_refused_as_a_segmenter(make_wbc, segmenter_run, capsys):

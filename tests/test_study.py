@@ -96,6 +96,18 @@ def test_small_study_end_to_end(make_wbc, tmp_path):
         table = pd.read_csv(client.download_artifacts(run.info.run_id, "split_manifest.csv", str(tmp_path / run.info.run_id)))
         manifests.setdefault(run.data.tags["fold"], set()).add(tuple(table.sort_values("path")["split"]))
     assert len(manifests) == 3 and all(len(v) == 1 for v in manifests.values())
+    # each fold run names its datasets (one per split, the digest of what the split holds): the same fold of two
+    # configurations has the same digests, two folds differ
+    digests = {}
+    for run in folds:
+        contexts = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset.digest
+                    for d in run.inputs.dataset_inputs}
+        assert set(contexts) == {"train", "val", "test"} and run.data.tags["bloodml.kind"] == "fold"
+        digests.setdefault(run.data.tags["fold"], set()).add(tuple(sorted(contexts.items())))
+    assert all(len(v) == 1 for v in digests.values()) and len({next(iter(v)) for v in digests.values()}) == 3
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["bloodml.kind"] == "study" and {c.data.tags["bloodml.kind"] for c in configs} == {"study"}
+    assert "## Verdicts" in parent.data.tags["mlflow.note.content"]
 
     # an interrupted study resumes: finished configurations are reused, the unfinished one runs again
     unfinished = next(c for c in configs if c.info.run_name == "masks=cell__technique=plain")

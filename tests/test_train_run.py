@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bloodml.config import RunConfig, build_config
+from bloodml.data.splits import manifest_digest
 from bloodml.train import run_training
 from conftest import REPO, TINY_BACKBONE, tiny_overrides
 
@@ -50,6 +51,20 @@ def test_run_logs_everything_and_the_model_works_in_a_new_process(make_wbc, tmp_
     manifest = pd.read_csv(client.download_artifacts(result.run_id, "split_manifest.csv", str(tmp_path)))
     assert list(manifest.columns[:6]) == ["path", "label", "group", "split", "sha256", "phash"]
     assert manifest.groupby("group")["split"].nunique().max() == 1 and len(manifest) == 40
+
+    # what the MLflow UI shows: a dataset per split with its digest and context, a description, a kind to filter on
+    [found] = mlflow.search_runs(filter_string="tags.`bloodml.kind` = 'train'", output_format="list",
+                                 search_all_experiments=True)
+    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+              for d in found.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"} and {d.name for d in inputs.values()} == {root.name}
+    for split, dataset in inputs.items():
+        rows = manifest[manifest["split"] == split]
+        assert dataset.digest == manifest_digest(rows) and json.loads(dataset.profile)["num_rows"] == len(rows)
+    assert len({d.digest for d in inputs.values()}) == 3
+    description = found.data.tags["mlflow.note.content"]
+    assert description.startswith(f"**{TINY_BACKBONE}**, frozen backbone") and "| macro_f1 |" in description
+    assert f"{run.data.metrics['test_macro_f1']:.3f}" in description
 
     x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)

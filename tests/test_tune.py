@@ -1,5 +1,15 @@
 """Optuna tuning with the real Optuna and MLflow (local SQLite stores), tiny backbone, synthetic cells."""
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import mlflow
 import optuna
 import pandas as pd
@@ -75,7 +85,42 @@ def test_tune_cli_and_predict_with_the_champion(make_folders, tmp_path, capsys):
                              "--model_name", "folders")
     assert code == 0, err
     assert "is now @champion" in out
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    assert f"watch it: optuna-dashboard {storage}" in out
+
+    # optuna-dashboard serves the finished study's trials from that storage, over HTTP
+    trials = dashboard_trials(storage, tmp_path / "dashboard.log")
+    study = optuna.load_study(study_name=trials["name"], storage=storage)
+    assert [t["number"] for t in trials["trials"]] == [t.number for t in study.trials] == [0, 1]
+    assert all(t["state"] in ("Complete", "Pruned") for t in trials["trials"])
+    assert {p["name"] for p in trials["trials"][0]["params"]} == set(study.trials[0].params)
     code, out, err = run_cli(capsys, "predict", "-m", "models:/folders@champion", root / "beta", "-o", tmp_path / "p.csv")
     assert code == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 8, err
     code, out, err = run_cli(capsys, "tune", "--data", root, "--objective", "speed")
     assert code == 2 and "objective='speed' is unknown" in err
+
+
+def dashboard_trials(storage: str, log) -> dict:
+    """Start optuna-dashboard on ``storage``, fetch its one study with the trials, stop it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    [summary] = json.loads(answer.read())["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, Path(log).read_text()
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}?after=0",
+                                    timeout=30) as answer:
+            return json.loads(answer.read())
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..errors import BloodmlError
 from .images import read_rgb
 from .input_spec import InputSpec
 from .masks import crop_box, parse_mask_codes, read_regions
@@ -81,6 +82,13 @@ def _load_sample(path: str, mask_path: str | None, size: int, codes_text: str, t
         regions, strays = read_regions(mask_path, rgb.shape[:2], codes, tolerance)
     elif segmenter is not None:
         regions, segmented = segmenter(rgb), True
+    image, region_map = _at_size(rgb, regions, size, crop_margin)
+    return image, region_map, mask_path is not None and regions is not None, strays, segmented
+
+
+def _at_size(rgb: np.ndarray, regions: np.ndarray | None, size: int, crop_margin: float | None):
+    """An RGB array and its region map (None: no map) -> uint8 tensors (3,S,S) and (S,S), cropped around the cell
+    first when ``crop_margin`` is given (a map with no cell: the whole image)."""
     if crop_margin is not None and regions is not None:
         box = crop_box(regions, crop_margin)
         if box is not None:
@@ -91,8 +99,24 @@ def _load_sample(path: str, mask_path: str | None, size: int, codes_text: str, t
         region_map = np.zeros((size, size), dtype=np.uint8)
     else:
         region_map = np.asarray(Image.fromarray(regions).resize((size, size), Image.NEAREST))
-    return (torch.from_numpy(image.copy()).permute(2, 0, 1), torch.from_numpy(region_map.copy()),
-            mask_path is not None and regions is not None, strays, segmented)
+    return torch.from_numpy(image.copy()).permute(2, 0, 1), torch.from_numpy(region_map.copy())
+
+
+def decode_sample(image: bytes, mask: bytes | None, spec: InputSpec, segmenter: Segmenter | None = None,
+                  name: str = "image"):
+    """A file's bytes (and its mask's, or None) -> (3,S,S) uint8 image and (S,S) region map, exactly as
+    :func:`load_sample` reads the same files from disk (a served request). A masked spec needs the mask or a
+    segmenter; without either it is refused with one line naming ``name``."""
+    rgb = read_rgb(image, name)
+    regions = None
+    if mask is not None and spec.masked and spec.masks_from != "model":
+        regions = read_regions(mask, rgb.shape[:2], spec.codes(), spec.mask_stray_tolerance, f"{name} mask")[0]
+    elif spec.masked and spec.segmented and segmenter is not None:
+        regions = segmenter(rgb)
+    elif spec.masked:
+        raise BloodmlError(f"{name}: the model was trained with masks={spec.mask_mode} and needs this image's mask; "
+                           f"send it in the 'mask' column (the bytes of the mask file).")
+    return _at_size(rgb, regions, spec.image_size, spec.crop_margin if spec.cropped else None)
 
 
 def load_batch(paths, mask_paths, spec: InputSpec, segmenter: Segmenter | None = None):

@@ -1,7 +1,9 @@
-"""Reading images and masks from disk safely: one clear error per bad file, never a traceback."""
+"""Reading images and masks safely, from disk or from bytes (a served request): one clear error per bad file,
+never a traceback."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -19,16 +21,26 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _open(path: Path) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise BloodmlError(f"{path}: file not found; fix the path or remove its row from the label file.")
-    if path.stat().st_size == 0:
-        raise BloodmlError(f"{path}: empty file (0 bytes); replace it or remove it from the dataset.")
+ImageSource = Path | str | bytes  # a file's path, or a file's bytes (then errors name the caller's ``name``)
+
+
+def _open(source: ImageSource, name: str = "") -> Image.Image:
+    if isinstance(source, (bytes, bytearray)):
+        path = name or "image"
+        if not source:
+            raise BloodmlError(f"{path}: empty (0 bytes); send the bytes of a PNG/JPEG/BMP/TIFF file.")
+        opened = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise BloodmlError(f"{path}: file not found; fix the path or remove its row from the label file.")
+        if path.stat().st_size == 0:
+            raise BloodmlError(f"{path}: empty file (0 bytes); replace it or remove it from the dataset.")
+        opened = path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(opened)
             if image.width * image.height > MAX_PIXELS:
                 raise BloodmlError(
                     f"{path}: {image.width}x{image.height} pixels is too large for a single-cell image "
@@ -59,9 +71,10 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(array / top * 255.0, 0, 255).round().astype(np.uint8)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An image as an (H, W, 3) uint8 RGB array, whatever its mode (grey, palette, 16-bit, CMYK, alpha)."""
-    image = _open(path)
+def read_rgb(source: ImageSource, name: str = "") -> np.ndarray:
+    """An image (a path, or a file's bytes) as an (H, W, 3) uint8 RGB array, whatever its mode (grey, palette,
+    16-bit, CMYK, alpha)."""
+    image = _open(source, name)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         grey = _to_uint8(np.asarray(image))
         return np.repeat(grey[..., None], 3, axis=2)
@@ -70,9 +83,10 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).copy()
 
 
-def read_mask_array(path: Path) -> np.ndarray:
-    """A mask as an (H, W) grey or (H, W, 3) RGB uint8 array, keeping its codes exact (no colour management)."""
-    image = _open(path)
+def read_mask_array(source: ImageSource, name: str = "") -> np.ndarray:
+    """A mask (a path, or a file's bytes) as an (H, W) grey or (H, W, 3) RGB uint8 array, keeping its codes exact
+    (no colour management)."""
+    image = _open(source, name)
     if image.mode == "P":
         image = image.convert("RGB")
     if image.mode in ("RGBA", "LA"):

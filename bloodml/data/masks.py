@@ -166,18 +166,19 @@ def resize_nearest(regions: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(regions).resize((size_hw[1], size_hw[0]), Image.NEAREST))
 
 
-def read_regions(mask_path: Path, image_hw: tuple[int, int], codes: dict | None = None,
-                 tolerance: float = 0.01) -> tuple[np.ndarray, int]:
-    """Read a mask file, decode its codes and resize it (nearest-neighbour) to its image's size.
-    Returns (region map, number of stray pixels that were filled)."""
-    array = read_mask_array(mask_path)
-    regions, strays = decode_mask_counted(array, codes, str(mask_path), tolerance)
+def read_regions(mask_path: Path | bytes, image_hw: tuple[int, int], codes: dict | None = None,
+                 tolerance: float = 0.01, name: str = "") -> tuple[np.ndarray, int]:
+    """Read a mask file (or a mask file's bytes, called ``name`` in errors), decode its codes and resize it
+    (nearest-neighbour) to its image's size. Returns (region map, number of stray pixels that were filled)."""
+    array = read_mask_array(mask_path, name)
+    label = (name or "mask") if isinstance(mask_path, (bytes, bytearray)) else str(mask_path)
+    regions, strays = decode_mask_counted(array, codes, label, tolerance)
     mh, mw = regions.shape
     ih, iw = image_hw
     # Masks may come at another resolution (ALL-IDB2: 257 px masks for 103 px images) but must keep the shape.
     if abs(mh / mw - ih / iw) > 0.05 * max(ih / iw, 1.0):
         raise BloodmlError(
-            f"{mask_path}: mask is {mw}x{mh} but its image is {iw}x{ih} (different aspect ratio); "
+            f"{label}: mask is {mw}x{mh} but its image is {iw}x{ih} (different aspect ratio); "
             f"pair each image with its own mask or fix the mask file."
         )
     return resize_nearest(regions, image_hw), strays

@@ -5,6 +5,7 @@ Pure functions on the sample table; deterministic for a given seed.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,21 @@ def assign_splits(table: pd.DataFrame, val_fraction: float, test_fraction: float
     split_of = {**{g: "train" for g in train_ids}, **{g: "val" for g in val_ids}, **{g: "test" for g in test_ids}}
     table["split"] = table["group"].map(split_of)
     return table
+
+
+def dataset_name(data: str | Path) -> str:
+    """How a dataset is called in the tracker: its folder's name, or a file's folder and name (a zip, a manifest)."""
+    path = Path(data)
+    return f"{path.parent.name}/{path.name}" if path.suffix and path.parent.name else path.name or str(data)
+
+
+def manifest_digest(rows: pd.DataFrame) -> str:
+    """A short SHA-256 over what a split holds (each image's content hash, label and group, in any order): the same
+    images with the same labels give the same digest wherever the folder sits."""
+    keys = ["sha256", "label", "group"] if "sha256" in rows else ["path", "label", "group"]
+    lines = sorted("\t".join(str(v) for v in values) for values in rows[[k for k in keys if k in rows]].itertuples(
+        index=False))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def manifest(table: pd.DataFrame, root: str) -> pd.DataFrame:

@@ -79,3 +79,18 @@ def to_input(rgb: np.ndarray, size: int) -> torch.Tensor:
 def full_size(labels: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
     """A region map at the segmenter's size -> the image's own size (nearest neighbour)."""
     return np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((shape_hw[1], shape_hw[0]), Image.NEAREST))
+
+
+class LoadedSegmenter:
+    """An RGB image (H,W,3) uint8 -> its region map (H,W) uint8, through a logged segmenter."""
+
+    def __init__(self, predict, image_size: int, uri: str, regions: list[str], trained_on: list[str]):
+        self.predict, self.image_size, self.uri = predict, int(image_size), uri
+        self.regions, self.trained_on = list(regions), set(trained_on)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        logits = np.asarray(self.predict(to_input(rgb, self.image_size).numpy()))
+        return full_size(logits.argmax(1)[0].astype(np.uint8), rgb.shape[:2])
+
+    def __repr__(self) -> str:
+        return f"segmenter {self.uri}"

@@ -6,32 +6,15 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
-import numpy as np
-
 from ..data.input_spec import InputSpec
 from ..errors import BloodmlError
 from ..tracking.model import load_segmenter
 from ..tracking.registry import model_uri, source_run
-from .network import full_size, to_input
+from .network import LoadedSegmenter
 
 # The regions a mask mode needs the segmenter to know (any one of them for the cell modes).
 NEEDED = {"cell": ("cytoplasm", "nucleus"), "crop_cell": ("cytoplasm", "nucleus"), "crop": ("cytoplasm", "nucleus"),
           "nucleus": ("nucleus",), "background": ("cytoplasm", "nucleus")}
-
-
-class LoadedSegmenter:
-    """An RGB image (H,W,3) uint8 -> its region map (H,W) uint8, through a logged segmenter."""
-
-    def __init__(self, predict, image_size: int, uri: str, regions: list[str], trained_on: list[str]):
-        self.predict, self.image_size, self.uri = predict, int(image_size), uri
-        self.regions, self.trained_on = list(regions), set(trained_on)
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        logits = np.asarray(self.predict(to_input(rgb, self.image_size).numpy()))
-        return full_size(logits.argmax(1)[0].astype(np.uint8), rgb.shape[:2])
-
-    def __repr__(self) -> str:
-        return f"segmenter {self.uri}"
 
 
 def pinned(reference: str) -> str:

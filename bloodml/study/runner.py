@@ -19,7 +19,7 @@ from ..data.splits import assign_splits
 from ..models.registry import create_backbone
 from ..runtime import configure, say, show_progress
 from ..tracking.runs import adopt_launched_run, child_runs, create_run, find_runs, finish_run, log_folder, log_metrics, \
-    reopen_run, set_tags
+    reopen_run, set_description, set_tags
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import run_training
 from .cross_dataset import TestSet, load_test_sets, score_on
@@ -170,6 +170,7 @@ def close_study_run(result: StudyResult, out: Path) -> None:
     log_metrics({f"q{i}_mean_difference": c.mean_difference for i, c in enumerate(result.comparisons)},
                 run_id=result.parent_run_id)
     set_tags({"verdicts": " | ".join(c.verdict() for c in result.comparisons)[:5000]}, result.parent_run_id)
+    set_description((out / "study_report.md").read_text(), result.parent_run_id)
     finish_run(result.parent_run_id)
 
 

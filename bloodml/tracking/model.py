@@ -45,16 +45,20 @@ def _log_pt2(model, name: str, example: torch.Tensor, metadata: dict):
     example_np = example[:2].numpy().astype(np.float32)
     with torch.no_grad():
         output = model(example[:2]).numpy()
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
-                    f"timm=={timm.__version__}", f"numpy=={np.__version__}"]
     info = mlflow.pytorch.log_model(
         model, name=name, signature=infer_signature(example_np, output), input_example=example_np,
-        pip_requirements=requirements, serialization_format="pt2", metadata=metadata,
+        pip_requirements=network_requirements(), serialization_format="pt2", metadata=metadata,
     )
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)
         mlflow.set_tag(HASH_TAG, directory_sha256(Path(local)))
     return info
+
+
+def network_requirements() -> list[str]:
+    """The pinned packages a logged PT2 network needs (no inference subprocess resolves them)."""
+    return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
+            f"timm=={timm.__version__}", f"numpy=={np.__version__}"]
 
 
 def directory_sha256(folder: Path) -> str:

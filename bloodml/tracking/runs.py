@@ -10,12 +10,28 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric, Param
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.exceptions import MlflowException
 
+from ..data.splits import manifest_digest
 from ..errors import BloodmlError
 
 LAUNCHED_RUN = "MLFLOW_RUN_ID"  # set by `mlflow run` for the entry point's process: that run is ours
+TASK, KIND = "bloodml.task", "bloodml.kind"
+# What the UI filters on (tags.`bloodml.kind` = 'fold'): a few kinds over bloodml's precise tasks.
+KIND_OF_TASK = {"train": "train", "tune-trial": "trial", "tune": "study", "study": "study",
+                "study-configuration": "study", "study-fold": "fold", "segment": "segment",
+                "segment-evaluate": "segment", "evaluate": "evaluate"}
+DESCRIPTION = "mlflow.note.content"  # the run page's Description
+
+
+def with_kind(tags: dict | None) -> dict:
+    """Tags with ``bloodml.kind`` added wherever ``bloodml.task`` says what the run is."""
+    tags = dict(tags or {})
+    if TASK in tags and str(tags[TASK]) in KIND_OF_TASK:
+        tags.setdefault(KIND, KIND_OF_TASK[str(tags[TASK])])
+    return tags
 
 
 def launched_run_id() -> str | None:
@@ -46,12 +62,12 @@ def training_run(experiment: str, run_name: str, parent_run_id: str | None = Non
         detach_launched_run()
         parent_experiment = _client().get_run(parent_run_id).info.experiment_id
         with mlflow.start_run(run_name=run_name or None, experiment_id=parent_experiment, parent_run_id=parent_run_id,
-                              nested=mlflow.active_run() is not None, tags=tags) as run:
+                              nested=mlflow.active_run() is not None, tags=with_kind(tags)) as run:
             yield run
         return
     if not launched_run_id():
         mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name or None, tags=tags) as run:
+    with mlflow.start_run(run_name=run_name or None, tags=with_kind(tags)) as run:
         yield run
 
 
@@ -83,8 +99,27 @@ def log_params(params: dict, run_id: str | None = None) -> None:
 
 def set_tags(tags: dict, run_id: str | None = None) -> None:
     run_id = _run_id(run_id)
-    for key, value in tags.items():
+    for key, value in with_kind(tags).items():
         _client().set_tag(run_id, key, str(value))
+
+
+def set_description(text: str, run_id: str | None = None, limit: int = 7_900) -> None:
+    """The run page's Description (markdown): what happened, without opening the artefacts (a tag value: at most
+    about 8,000 characters, so a longer text ends with a pointer to the artefacts)."""
+    if len(text) > limit:
+        text = text[:limit].rsplit("\n", 1)[0] + "\n\n(cut here; the whole text is in the run's artefacts)\n"
+    _client().set_tag(_run_id(run_id), DESCRIPTION, text)
+
+
+def log_datasets(splits: dict[str, pd.DataFrame], name: str, source: str, digests: dict[str, str],
+                 run_id: str | None = None) -> None:
+    """One MLflow dataset per split (its manifest rows, with ``digests[split]``), the split as its context: the
+    runs table's Dataset column and the run page's Datasets used."""
+    inputs = []
+    for context, table in splits.items():
+        dataset = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digests[context])
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    _client().log_inputs(_run_id(run_id), datasets=inputs)
 
 
 def log_metrics(metrics: dict[str, float], step: int = 0, run_id: str | None = None) -> None:
@@ -121,6 +156,16 @@ def log_table(table: pd.DataFrame, artifact_file: str, run_id: str | None = None
         _client().log_artifact(_run_id(run_id), str(path), artifact_path=None if parent == "." else parent)
 
 
+def log_split_manifest(manifest: pd.DataFrame, name: str, source: str, run_id: str | None = None) -> None:
+    """The split manifest as ``split_manifest.csv``, and each split as an MLflow dataset (train, val, test; a
+    study's folds too) with the digest of what it holds."""
+    log_table(manifest, "split_manifest.csv", run_id)
+    splits = {str(split): rows.reset_index(drop=True) for split, rows in manifest.groupby("split", sort=False)}
+    order = {"train": 0, "val": 1, "test": 2}
+    splits = dict(sorted(splits.items(), key=lambda item: order.get(item[0], 3)))
+    log_datasets(splits, name, source, {split: manifest_digest(rows) for split, rows in splits.items()}, run_id)
+
+
 def download_artifact(run_id: str, path: str, destination: str | Path) -> str:
     return _client().download_artifacts(run_id, path, str(destination))
 
@@ -132,7 +177,7 @@ def create_run(experiment: str, name: str, parent_run_id: str | None = None, tag
         experiment_id_ = _client().get_run(parent_run_id).info.experiment_id
     else:
         experiment_id_ = experiment_id(experiment)
-    all_tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    all_tags = {**with_kind(tags), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
     run_id = _client().create_run(experiment_id_, run_name=name, tags=all_tags).info.run_id
     if params:
         log_params(params, run_id)

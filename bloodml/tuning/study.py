@@ -23,7 +23,7 @@ from ..data.prepare import prepare
 from ..errors import BloodmlError
 from ..runtime import configure, say, show_progress
 from ..tracking.runs import adopt_launched_run, create_run, delete_run, find_runs, finish_run, launched_run_id, \
-    log_folder, log_metrics, set_tags
+    log_folder, log_metrics, set_description, set_tags
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import StopRun, run_training
 from .champion import promote
@@ -95,6 +95,16 @@ def _pruner(name: str) -> optuna.pruners.BasePruner:
     raise BloodmlError(f"pruner='{name}' is unknown; use median, halving or none.")
 
 
+def shown_storage(url: str) -> str:
+    """A storage URL fit to print or log: any password (or whole user:password part) replaced by ***."""
+    return re.sub(r"://[^@/]*@", "://***@", url)
+
+
+def dashboard_hint(url: str) -> str:
+    """The command that watches the study in optuna-dashboard (a password shown as ***: type it yourself)."""
+    return f"watch it: optuna-dashboard {shown_storage(url)}   (then open http://127.0.0.1:8080)"
+
+
 def _parent_run(study: optuna.Study, config: RunConfig, settings: TuneSettings) -> str:
     """The study's one parent MLflow run, shared by every worker (its ID lives in the study's attributes)."""
     known = study.user_attrs.get("mlflow_parent_run_id")
@@ -103,7 +113,7 @@ def _parent_run(study: optuna.Study, config: RunConfig, settings: TuneSettings) 
     tags = {"bloodml.task": "tune", "optuna.study": study.study_name}
     params = {**{f"fixed.{k}": v for k, v in config.to_params().items()},
               "n_trials": settings.n_trials, "objective": settings.objective, "pruner": settings.pruner,
-              "storage": re.sub(r"://[^@/]*@", "://***@", settings.storage), "space": settings.space or "default"}
+              "storage": shown_storage(settings.storage), "space": settings.space or "default"}
     # launched by `mlflow run -e tune`: that run is the parent; otherwise a new one
     parent = adopt_launched_run(tags, params) or create_run(config.experiment, f"tune-{study.study_name}", None,
                                                             tags, params)
@@ -172,6 +182,15 @@ def _log_study_plots(study: optuna.Study, parent_run_id: str) -> None:
         log_folder(tmp, "study", parent_run_id)
 
 
+def tune_description(study: str, summary: dict, best: int, objective: str, value: float, run_id: str, name: str,
+                     version, promoted: bool, reason: str) -> str:
+    """The tuning run's Description: trials, the winner, and what the registry did."""
+    return (f"Optuna study **{study}**: {summary['complete']} complete, {summary['pruned']} pruned, "
+            f"{summary['failed']} failed trials.\n\nBest trial {best}: {objective} = {value:.4f} (run {run_id}).\n\n"
+            f"Registry: {name} version {version}, " + ("now the champion" if promoted else "champion unchanged")
+            + f" ({reason}).\n\nPlots and every trial's parameters: study/ (trials.csv).\n")
+
+
 def tune(config: RunConfig, settings: TuneSettings) -> dict:
     """Run trials until the study holds ``n_trials`` finished or pruned trials (counting every worker's)."""
     if settings.objective not in OBJECTIVES:
@@ -187,6 +206,7 @@ def tune(config: RunConfig, settings: TuneSettings) -> dict:
                                          else config.seed)
     study = optuna.create_study(study_name=name, storage=storage, direction=OBJECTIVES[settings.objective],
                                 sampler=sampler, pruner=_pruner(settings.pruner), load_if_exists=True)
+    say(dashboard_hint(settings.storage))
     data = prepare(config, progress=show_progress())
     parent = _parent_run(study, config, settings)
     final_metric = {"val_loss": "val_final_loss"}.get(settings.objective, settings.objective.replace("val_", "val_final_"))
@@ -269,10 +289,13 @@ def finish(study: optuna.Study, config: RunConfig, settings: TuneSettings, paren
     set_tags({"best_trial": str(best.number), "best_run_id": run_id, "registered_model": name,
               "registered_version": str(version), "champion_promoted": str(promoted).lower()}, parent)
     _log_study_plots(study, parent)
+    set_description(tune_description(study.study_name, summary, best.number, settings.objective, best.value, run_id,
+                                     name, version, promoted, reason), parent)
     finish_run(parent)
     say(f"best trial {best.number}: {settings.objective} {best.value:.4f} (run {run_id})")
     say(f"registry: {name} version {version} " + (f"is now @{settings.alias}" if promoted else
                                                   f"registered, @{settings.alias} unchanged") + f" ({reason})")
     say(f"see it: {ui_hint(uri)}")
+    say(dashboard_hint(settings.storage))
     return {**summary, "best_trial": best.number, "best_value": best.value, "best_run_id": run_id,
             "model_name": name, "version": version, "promoted": promoted}
