@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DATA   ?= ../shared/data/wbc-zheng2018
+DATA   ?= wbc-zheng2018
 EPOCHS ?= 20
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 

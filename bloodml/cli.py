@@ -89,8 +89,9 @@ def segment_score(reference, config_path, **values):
 @click.option("--timeout", default=0.0, show_default=True, type=float,
               help="seconds this worker may keep starting trials (0: no limit)")
 @click.option("--study_name", "--study-name", "study_name", default="", help="Optuna study name (default from data)")
-@click.option("--storage", default="sqlite:///optuna.db", show_default=True,
-              help="Optuna storage; postgresql://user:pass@host/db to share a study between machines")
+@click.option("--storage", default="", help="Optuna storage (default: $BLOODML_OPTUNA_STORAGE, else "
+              "sqlite:///optuna.db); postgresql://user@host/db shares a study between machines, its password from "
+              "PGPASSFILE/PGPASSWORD, never in the URL")
 @click.option("--objective", default="val_macro_f1", show_default=True,
               help="val_macro_f1, val_balanced_accuracy, val_accuracy or val_loss (validation split)")
 @click.option("--space", default="", help="YAML search space replacing the default (experiments/tune_space.yaml)")
@@ -100,6 +101,7 @@ def tune(config_path, n_trials, timeout, study_name, storage, objective, space, 
     """Optuna search over augmentation and regularisation; registers the best model as @champion."""
     from .tuning.study import TuneSettings, tune as run_tune
 
+    storage = storage or os.environ.get("BLOODML_OPTUNA_STORAGE") or "sqlite:///optuna.db"
     run_tune(_config(config_path, values), TuneSettings(n_trials=n_trials, timeout=timeout, study_name=study_name,
                                                        storage=storage, objective=objective, space=space,
                                                        pruner=pruner, model_name=model_name))
@@ -201,21 +203,42 @@ def register(run_id, name, alias):
               help="masked models: auto (a mask where there is one, else the segmenter) or model:<uri> (the "
                    "segmenter for every image); default: as the model was trained")
 @click.option("--segmenter", default="", help="the segmenter for --masks-from auto (runs:/<id>/segmenter, models:/...)")
-def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter):
-    """Classify images (files or folders) with a trained model; writes a CSV of labels and probabilities."""
+@click.option("--image-column", "--image_column", "image_column", default="image", show_default=True,
+              help="CSV inputs: the column with image paths (relative to the CSV)")
+@click.option("--group-column", "--group_column", "group_column", default="",
+              help="one call per group as well: a column of the CSV input (e.g. patient), or 'folder' (each "
+                   "image's folder); writes <output>_groups.csv")
+@click.option("--group-aggregate", "--group_aggregate", "group_aggregate", default="",
+              help="how a group's cells make one call: mean, logodds, topk, share (default: as the model was trained)")
+def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter, image_column, group_column,
+            group_aggregate):
+    """Classify images (files, folders or a CSV listing them) with a trained model; writes a CSV of labels and
+    probabilities, and with --group-column one row per group too."""
     from .predict import predict_images
     from .tracking.store import configure_tracking
 
     configure_tracking()
-    table = predict_images(reference, list(inputs), masks_dir, pattern=pattern, masks_from=masks_from,
-                           segmenter=segmenter)
+    table, groups = predict_images(reference, list(inputs), masks_dir, pattern=pattern, masks_from=masks_from,
+                                   segmenter=segmenter, image_column=image_column, group_column=group_column,
+                                   group_aggregate=group_aggregate)
     target = Path(output)
+    _write_csv(table, target)
+    counts = table["predicted_label"].value_counts()
+    click.echo(f"{len(table)} images -> {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if groups is not None:
+        grouped = target.with_name(f"{target.stem}_groups{target.suffix or '.csv'}")
+        _write_csv(groups, grouped)
+        calls = groups["predicted_label"].value_counts()
+        click.echo(f"{len(groups)} groups ({groups['group_aggregate'].iloc[0]} of their cells) -> {grouped}: "
+                   + ", ".join(f"{k} {v}" for k, v in calls.items()))
+
+
+def _write_csv(table, target: Path) -> None:
+    """Written whole or not at all: never a half-written CSV."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     table.to_csv(partial, index=False)
-    partial.replace(target)  # never a half-written CSV
-    counts = table["predicted_label"].value_counts()
-    click.echo(f"{len(table)} images -> {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    partial.replace(target)
 
 
 @cli.command()
@@ -234,6 +257,28 @@ def serve(reference, host, port, workers):
 @cli.group()
 def data():
     """Look at a dataset before training."""
+
+
+@data.command("fetch")
+@click.argument("name")
+@click.option("--to", default=None, help="folder to put it in (default $BLOODML_CACHE/data/NAME)")
+@click.option("--url", default="", help="another source for the same archive (a mirror); files are checked all the same")
+@click.option("--archive", default=None, help="the archive, downloaded by hand (machines without internet)")
+def data_fetch(name, to, url, archive):
+    """Download a public dataset (pinned source, every file checked against its SHA-256) into the cache."""
+    from .data.fetch import fetch
+
+    click.echo(str(fetch(name, to, url, archive)))
+
+
+@data.command("path")
+@click.argument("name")
+def data_path(name):
+    """Print a named dataset's folder: its development copy in ../shared/data, else the cache, else fetched."""
+    from .data.fetch import known, locate
+
+    known(name)
+    click.echo(str(locate(name)))
 
 
 @data.command("inspect")

@@ -37,6 +37,8 @@ class RunConfig:
     label_column: str = _p("label", "manifest column with labels", group="data")
     mask_column: str = _p("", "manifest column with mask paths (default: 'mask' if present)", group="data")
     group_column: str = _p("", "manifest column with patient/smear IDs kept on one side of the split", group="data")
+    group_labels: bool = _p(False, "the label belongs to the group (a patient's diagnosis): refuse a group whose "
+                                   "cells carry two labels", group="data")
     masks_dir: str = _p("", "folders layout: parallel folder of masks, same sub-paths", group="data")
     image_suffix: str = _p(".bmp", "wbc layout: image file extension", group="data")
     mask_suffix: str = _p(".png", "wbc layout: mask file extension", group="data")
@@ -163,6 +165,11 @@ class RunConfig:
                               group="evaluation")
     bootstrap: int = _p(1000, "bootstrap resamples for confidence intervals", low=100, high=100000,
                         group="evaluation")
+    group_aggregate: str = _p("mean", "group_column: how a group's cells make one call: the mean probability, the "
+                                      "mean log-odds, the mean of the top-k cells, or the share of cells called "
+                                      "positive", ("mean", "logodds", "topk", "share"), group="evaluation")
+    group_top_k: int = _p(5, "group_aggregate=topk: how many of a group's most positive cells", low=1, high=100000,
+                          group="evaluation")
     # --- tracking ---------------------------------------------------------------------------------------------
     experiment: str = _p("bloodml", "MLflow experiment name", group="tracking")
     run_name: str = _p("", "MLflow run name (default: backbone-masks)", group="tracking")

@@ -25,7 +25,8 @@ def comparison_table(results: dict) -> list[str]:
 
 
 @click.command()
-@click.option("--data", default="../shared/data/wbc-zheng2018", show_default=True)
+@click.option("--data", default="wbc-zheng2018", show_default=True,
+              help="a folder, or a dataset name: its development copy in ../shared/data, else the cache, else fetched")
 @click.option("--config", "config_path", default=None, help="optional experiments/*.yaml for the data layout")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True)
 @click.option("--epochs", default=20, show_default=True)

@@ -12,6 +12,7 @@ from .data.labels import parse_class_names
 from .data.prepare import read_labelled, require_masks
 from .errors import BloodmlError
 from .evaluation.calibration import expected_calibration_error
+from .evaluation.groups import group_metrics, group_table
 from .evaluation.metrics import classification_metrics, majority_rate
 from .predict import loaded_model, model_probabilities, shift_check
 from .scoring import confusion_counts
@@ -47,8 +48,15 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
                                         config.mask_codes, shift=points)
     truth = np.array([classes.index(label) for label in table["label"]])
     groups = table["group"].to_numpy() if config.group_column else None
-    metrics = classification_metrics(truth, probabilities, "eval_", classes, positive_index(config, classes),
-                                     config.threshold, config.bootstrap, config.seed, groups)
+    positive = positive_index(config, classes)
+    metrics = classification_metrics(truth, probabilities, "eval_", classes, positive, config.threshold,
+                                     config.bootstrap, config.seed, groups)
+    calls = None
+    if groups is not None:  # one call per patient too, scored per patient
+        calls = group_table(groups, truth, probabilities, classes, config.group_aggregate, config.group_top_k,
+                            config.threshold, positive)
+        metrics.update(group_metrics(calls, classes, "eval_", positive, config.threshold, config.bootstrap,
+                                     config.seed))
     metrics["eval_majority_rate"] = majority_rate(truth)
     metrics["eval_ece"] = expected_calibration_error(truth, probabilities)
     metrics["eval_images"] = float(len(table))
@@ -66,6 +74,8 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
         for i, name in enumerate(classes):
             predictions[f"p_{name}"] = probabilities[:, i]
         log_table(predictions, "evaluation/predictions.csv")
+        if calls is not None:
+            log_table(calls, "evaluation/groups.csv")
         log_table(pd.DataFrame(counts, index=[f"true_{c}" for c in classes],
                                columns=[f"predicted_{c}" for c in classes]).reset_index(names="class"),
                   "evaluation/confusion_matrix.csv")
@@ -76,6 +86,11 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
         say(f"in-domain (the model's own test split): accuracy {in_domain.get('test_accuracy', float('nan')):.3f}, "
             f"macro-F1 {in_domain['test_macro_f1']:.3f}; here: accuracy {metrics['eval_accuracy']:.3f}, macro-F1 "
             f"{metrics['eval_macro_f1']:.3f}")
+    if calls is not None:
+        say(f"per {config.group_column} ({len(calls)} groups, {config.group_aggregate} of their cells): accuracy "
+            f"{metrics['eval_group_accuracy']:.3f} ({metrics['eval_group_accuracy_ci_low']:.3f}-"
+            f"{metrics['eval_group_accuracy_ci_high']:.3f})" + (f", ROC-AUC {metrics['eval_group_roc_auc']:.3f}"
+                                                              if "eval_group_roc_auc" in metrics else ""))
     say("recall per class: " + ", ".join(f"{name} {v:.2f}" for name, v in recall.items()))
     say("confusion matrix (rows true, columns predicted: " + ", ".join(classes) + "): "
         + " | ".join(" ".join(str(int(c)) for c in row) for row in counts))

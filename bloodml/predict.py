@@ -17,6 +17,7 @@ from .data.images import is_image_file
 from .data.input_spec import InputSpec
 from .data.masks import find_mask
 from .errors import BloodmlError
+from .evaluation.groups import AGGREGATES, group_table
 from .evaluation.shift import ShiftProfile, descriptors, warning
 from .runtime import say
 from .segmentation.source import segmenter_for, with_masks_from
@@ -24,11 +25,15 @@ from .serving.frames import probability_table
 from .tracking.model import load_model
 
 
+def model_facts(meta: dict) -> tuple[list[str], InputSpec, ShiftProfile | None]:
+    """Class names, input spec and domain-shift profile (None for older models) from a model's metadata."""
+    return list(meta["class_names"]), InputSpec.from_metadata(meta), ShiftProfile.from_dict(meta.get("shift_profile"))
+
+
 def loaded_model(reference: str):
     """(pyfunc model, class names, input spec, its domain-shift profile or None) of a bloodml model."""
     model, meta = load_model(reference)
-    return (model, list(meta["class_names"]), InputSpec.from_metadata(meta),
-            ShiftProfile.from_dict(meta.get("shift_profile")))
+    return (model, *model_facts(meta))
 
 
 def shift_check(profile: ShiftProfile | None, points: list) -> dict[str, float]:
@@ -101,20 +106,86 @@ def masks_for(files: list[Path], spec: InputSpec, masks_dir: Path | None) -> lis
     return found
 
 
+def listed_images(manifest: Path, image_column: str, group_column: str) -> tuple[list[Path], list]:
+    """The images a CSV lists (paths relative to it) and, with ``group_column``, each one's group."""
+    try:
+        table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise BloodmlError(f"{manifest}: not a readable CSV ({str(exc).splitlines()[0][:120]}); fix or re-export it.")
+    table.columns = [str(c).strip().lstrip("\ufeff") for c in table.columns]
+    for column in (image_column, group_column):
+        if column and column not in table.columns:
+            raise BloodmlError(f"{manifest}: no column '{column}' (columns: {', '.join(table.columns)}); pass "
+                               f"--image-column/--group-column with the right names.")
+    files = [manifest.parent / value for value in table[image_column]]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise BloodmlError(f"{missing[0]}: listed in {manifest} but not found ({len(missing)} of {len(files)} missing); "
+                           f"fix the paths (relative to the CSV).")
+    return files, list(table[group_column]) if group_column else [None] * len(files)
+
+
+def collect_inputs(inputs: list[str | Path], pattern: str, exclude: Path | None, image_column: str = "image",
+                   group_column: str = "") -> tuple[list[Path], list | None]:
+    """Image files from files, folders and CSV lists; with ``group_column``, each image's group: the CSV's column,
+    or the image's folder (``group_column=folder``). Returns (files, groups or None)."""
+    files, groups = [], []
+    for item in map(Path, inputs):
+        if item.is_file() and item.suffix.lower() == ".csv":
+            listed, listed_groups = listed_images(item, image_column, "" if group_column == "folder" else group_column)
+            files += listed
+            groups += [f.parent.name for f in listed] if group_column == "folder" else listed_groups
+            continue
+        found = collect_images([item], pattern, exclude)
+        if group_column and group_column != "folder":
+            raise BloodmlError(f"{item}: --group-column {group_column} needs a CSV listing the images with that "
+                               f"column; for images in one folder per patient pass --group-column folder.")
+        files += found
+        groups += [f.parent.name for f in found]
+    return files, groups if group_column else None
+
+
 def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Path | None = None,
-                   batch: int = 32, pattern: str = "*", masks_from: str = "", segmenter: str = "") -> pd.DataFrame:
+                   batch: int = 32, pattern: str = "*", masks_from: str = "", segmenter: str = "",
+                   image_column: str = "image", group_column: str = "",
+                   group_aggregate: str = "") -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """One row per image: file, predicted_label, confidence and p_<class> for every class. A model trained with a
-    segmenter uses it for images without a mask; ``masks_from``/``segmenter`` choose another source."""
-    model, classes, spec, profile = loaded_model(reference)
+    segmenter uses it for images without a mask; ``masks_from``/``segmenter`` choose another source.
+
+    With ``group_column`` (a column of the CSV listing the images, or ``folder``), each image's group too, and one
+    row per group: its cells pooled by ``group_aggregate`` (default: as the model was trained) into one call.
+    Returns (cells, groups or None)."""
+    model, meta = load_model(reference)
+    classes, spec, profile = model_facts(meta)
     spec = with_masks_from(spec, masks_from, segmenter)
     masks = Path(masks_dir) if masks_dir else None
     if masks is not None and not masks.is_dir():
         raise BloodmlError(f"--masks-dir {masks}: not a folder; pass the folder holding the masks.")
-    files = collect_images(inputs, pattern, exclude=masks)
+    files, groups = collect_inputs(inputs, pattern, masks, image_column, group_column)
+    if not files:
+        raise BloodmlError(f"no images found in {', '.join(map(str, inputs))}; pass image files, folders or a CSV.")
     points: list = []
     probabilities = model_probabilities(model, spec, [str(f) for f in files], masks_for(files, spec, masks), batch,
                                         shift=points)
     shift_check(profile, points)
     table = probability_table(probabilities, classes, label="predicted_label")
     table.insert(0, "file", [str(path) for path in files])
-    return table
+    if groups is None:
+        return table, None
+    table.insert(1, "group", groups)
+    rule = group_calling(meta, group_aggregate)
+    calls = group_table(groups, None, probabilities, classes, rule["group_aggregate"], rule["group_top_k"],
+                        rule["threshold"], classes.index(rule["positive_class"]) if rule["positive_class"] else None)
+    return table, calls.assign(group_aggregate=rule["group_aggregate"])
+
+
+def group_calling(meta: dict, group_aggregate: str = "") -> dict:
+    """How the model's training run called a group (rule, top-k, threshold, positive class; from its metadata);
+    ``group_aggregate`` overrides the rule."""
+    rule = {"group_aggregate": meta.get("group_aggregate", "mean"), "group_top_k": int(meta.get("group_top_k", 5)),
+            "threshold": float(meta.get("threshold", 0.5)), "positive_class": meta.get("positive_class", "")}
+    if group_aggregate:
+        if group_aggregate not in AGGREGATES:
+            raise BloodmlError(f"--group-aggregate {group_aggregate}: unknown; use one of {', '.join(AGGREGATES)}.")
+        rule["group_aggregate"] = group_aggregate
+    return rule

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,3 +35,10 @@ def show_progress() -> bool:
 
 def say(message: str) -> None:
     print(message, flush=True)
+
+
+def cache_root() -> Path:
+    """bloodml's cache folder: $BLOODML_CACHE, else $XDG_CACHE_HOME/bloodml, else ~/.cache/bloodml."""
+    root = os.environ.get("BLOODML_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bloodml")
+    return Path(root)

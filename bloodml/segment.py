@@ -109,8 +109,7 @@ def run_segment(config: RunConfig, register_as: str = "", data: PreparedData | N
                                                                    "brightness 0.2"})
         set_tags({"device_name": compute.name, "precision_used": compute.precision,
                   "threads": str(threads)})
-        log_split_manifest(manifest(data.table, str(data.root)), dataset_name(config.data),
-                       str(Path(config.data).resolve()))
+        log_split_manifest(manifest(data.table, str(data.root)), dataset_name(config.data), str(data.root))
         buffer = MetricBuffer(run.info.run_id)
 
         def on_epoch(epoch: int, record: dict) -> None:

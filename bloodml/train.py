@@ -101,7 +101,8 @@ def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = Tru
     return EvaluationSettings(positive=positive_index(config, classes), threshold=config.threshold,
                               temperature_scaling=config.temperature_scaling,
                               gradcam_samples=config.gradcam_samples if plots else 0, n_boot=config.bootstrap,
-                              seed=config.seed, plots=plots, compute=compute)
+                              seed=config.seed, plots=plots, compute=compute, group_aggregate=config.group_aggregate,
+                              group_top_k=config.group_top_k)
 
 
 # --- the steps ---------------------------------------------------------------------------------------------------
@@ -203,8 +204,7 @@ def log_run_inputs(config: RunConfig, data: PreparedData, threads: int, compute:
               "classes": ",".join(data.classes), "threads": str(threads), "device": str(compute.device),
               "device_name": compute.name, "precision_used": compute.precision,
               **(tags or {})})  # the caller's task tag (tune trial, study fold) wins
-    log_split_manifest(manifest(data.table, str(data.root)), dataset_name(config.data),
-                       str(Path(config.data).resolve()))
+    log_split_manifest(manifest(data.table, str(data.root)), dataset_name(config.data), str(data.root))
 
 
 def epoch_logger(total: int, buffer: MetricBuffer, hook=None):
@@ -250,16 +250,29 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
     if getattr(trainer, "feature_seconds", None) is not None:  # frozen backbone: the cached feature step
         metrics["feature_seconds"] = trainer.feature_seconds
     groups = {s: data.split(s)["group"].to_numpy() for s in ("val", "test")} if config.group_column else None
+    group_ids = ({s: data.split(s)["source_group"].to_numpy() for s in ("val", "test")}
+                 if config.group_column and "source_group" in data.table else None)
     with tempfile.TemporaryDirectory() as tmp:
         metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
                                 result.history, result.best_epoch,
                                 evaluation_settings(config, data.classes, plots, compute),
-                                Path(tmp), groups))
+                                Path(tmp), groups, group_ids))
         log_folder(tmp, "evaluation")
         summary = Path(tmp) / "summary.md"  # not written without plots (a study's folds)
         set_description(run_description(config, data, summary.read_text() if summary.is_file() else "", metrics))
     metrics.update({f"n_{s}": float(len(sets[s])) for s in SPLITS})
     return metrics
+
+
+def group_line(metrics: dict[str, float], config: RunConfig) -> str:
+    """One line of group-level test results (one call per group, intervals over groups)."""
+    parts = [f"accuracy {metrics['test_group_accuracy']:.3f} ({metrics['test_group_accuracy_ci_low']:.3f}-"
+             f"{metrics['test_group_accuracy_ci_high']:.3f})"]
+    if "test_group_roc_auc" in metrics:
+        parts.append(f"ROC-AUC {metrics['test_group_roc_auc']:.3f} ({metrics['test_group_roc_auc_ci_low']:.3f}-"
+                     f"{metrics['test_group_roc_auc_ci_high']:.3f})")
+    return (f"per {config.group_column} ({metrics['test_groups']:.0f} test groups, {config.group_aggregate} of their "
+            f"cells): " + ", ".join(parts))
 
 
 def run_description(config: RunConfig, data: PreparedData, summary: str, metrics: dict[str, float]) -> str:
@@ -289,8 +302,11 @@ def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: Image
     """The tensor-in model, exported on the CPU (PT2) whatever device trained it, so it loads anywhere; and the
     image-in model that serves it, with a test image (and its mask) as the input example."""
     example = model.spec.network_input(test.images[:2], test.regions[:2])
-    info = log_model(model.cpu().float(), example, {"backbone": config.backbone, "bloodml_version": __version__,
-                                                    "tta": str(model.tta).lower(), "shift_profile": profile.to_dict()})
+    positive = positive_index(config, model.class_names)
+    info = log_model(model.cpu().float(), example, {
+        "backbone": config.backbone, "bloodml_version": __version__, "tta": str(model.tta).lower(),
+        "shift_profile": profile.to_dict(), "threshold": config.threshold, "group_aggregate": config.group_aggregate,
+        "group_top_k": config.group_top_k, "positive_class": model.class_names[positive] if positive is not None else ""})
     image, mask = example_files(test_files, model.spec)
     log_image_model(info.model_uri, model.class_names, model.spec, image, mask)
 
@@ -341,6 +357,8 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
         if log_trained:
             log_trained_model(model, config, sets["test"], profile, data.split("test"))
         checkpoint_path(run.info.run_id).unlink(missing_ok=True)  # finished: nothing left to resume
+        if "test_group_accuracy" in metrics:
+            say(group_line(metrics, config))
         say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
             f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")

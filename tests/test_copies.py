@@ -110,3 +110,36 @@ def test_inspect_lists_only_the_same_cells(capsys):
     conflicting = ("060", "090")  # one cell, labelled monocyte once and neutrophil once: left out, with a note
     assert listed == set(TRUE_COPIES) - {conflicting}, listed
     assert "left out copies of one image with different labels: 060.bmp (neutrophil), 090.bmp (monocyte)" in out
+
+
+def test_indexed_candidate_search_equals_the_exhaustive_one_with_memory_linear_in_n():
+    """The multi-index search finds exactly the pairs (and best variant) that comparing every pair finds, and its
+    memory grows about linearly with the number of images (not with its square)."""
+    import tracemalloc
+
+    from bloodml.data.copies import candidate_pairs_exhaustive
+
+    rng = np.random.default_rng(3)
+    fingerprints = rng.integers(0, 2 ** 63, size=(900, 120), dtype=np.int64).astype(np.uint64)
+    for k in range(80):  # planted pairs at distances 0-11, in both directions, some at the search's limit
+        a, b = rng.choice(len(fingerprints), 2, replace=False)
+        variant, bits = int(rng.integers(0, 120)), rng.choice(64, int(rng.integers(0, 12)), replace=False)
+        flip = np.uint64(sum(1 << int(x) for x in bits))
+        if k % 2:
+            fingerprints[a, 0] = fingerprints[b, variant] ^ flip
+        else:
+            fingerprints[a, variant] = fingerprints[b, 0] ^ flip
+    for distance in (0, 4, 8, 11):
+        indexed, exhaustive = candidate_pairs(fingerprints, distance), candidate_pairs_exhaustive(fingerprints, distance)
+        assert len(indexed) > 0 and np.array_equal(indexed, exhaustive), distance
+
+    def peak(n: int) -> int:
+        prints = rng.integers(0, 2 ** 63, size=(n, 120), dtype=np.int64).astype(np.uint64)
+        tracemalloc.start()
+        candidate_pairs(prints, 8, batch=100_000)  # a small batch, so the index dominates at these sizes
+        used = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return used
+
+    small, large = peak(1000), peak(4000)
+    assert large < 6 * small  # 4x the images: about 4x the memory (the square would be 16x)

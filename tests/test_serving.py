@@ -31,7 +31,7 @@ from bloodml.errors import BloodmlError
 from bloodml.predict import predict_images
 from bloodml.serving.frames import classify_frame, file_bytes, probability_table
 from bloodml.train import run_training
-from conftest import REPO, SHARED_DATA, WBC, cell_image, needs_wbc, tiny_overrides
+from conftest import REPO, WBC, cell_image, needs_wbc, tiny_overrides
 
 
 def free_port() -> int:
@@ -107,7 +107,7 @@ def test_served_model_answers_image_files_like_predict(tmp_path):
     bmp = WBC / "001.bmp"
     png = tmp_path / "002.png"
     Image.open(WBC / "002.bmp").save(png)
-    expected = predict_images(run_id, [bmp, png])
+    expected, _ = predict_images(run_id, [bmp, png])
     port = free_port()
     server = Server(run_id, port, tmp_path / "server.log")
     try:
@@ -129,8 +129,10 @@ def test_served_model_answers_image_files_like_predict(tmp_path):
         status, answer = post(f"{server.url}/invocations", request_of(bmp.read_bytes()))
         assert status == 200 and answer["predictions"][0]["label"] == expected["predicted_label"][0]
 
-        script = readme_request_block().replace("../shared/data", str(SHARED_DATA)).replace(":5000", f":{port}")
-        shown = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        script = readme_request_block().replace(":5000", f":{port}")
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])  # `bloodml` of this install
+        shown = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "PATH": path})
         assert shown.returncode == 0, shown.stderr
         pasted = json.loads(shown.stdout)["predictions"][0]
         assert pasted["label"] == expected["predicted_label"][0]

@@ -19,13 +19,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..runtime import cache_root
+
 _MEMORY: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
 
 def default_directory() -> Path:
-    root = os.environ.get("BLOODML_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bloodml")
-    return Path(root) / "features"
+    return cache_root() / "features"
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -10,12 +11,15 @@ import pandas as pd
 
 from ..config import RunConfig
 from ..errors import BloodmlError
+from ..runtime import say
 from .audit import find_leaks
+from .fetch import locate
 from .hashing import add_hashes, near_copies
 from .labels import apply_class_names, class_order, default_class_names, drop_rare_classes, group_binary, \
     parse_class_names
 from .readers import ReaderOptions, read_dataset
-from .splits import assign_splits, check_group_labels, drop_conflicting_copies, duplicate_groups
+from .splits import assign_splits, check_group_labels, check_one_label_per_group, drop_conflicting_copies, \
+    duplicate_groups
 
 
 @dataclass
@@ -31,6 +35,9 @@ class PreparedData:
         return self.table.loc[self.table["split"] == name].reset_index(drop=True)
 
 
+LONG_STEP_IMAGES = 2_000  # from this many images, the copy search says how long it took
+
+
 def reader_options(config: RunConfig) -> ReaderOptions:
     return ReaderOptions(format=config.format, manifest=config.manifest, image_column=config.image_column,
                          label_column=config.label_column, mask_column=config.mask_column,
@@ -41,7 +48,7 @@ def reader_options(config: RunConfig) -> ReaderOptions:
 
 def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.DataFrame, str, Path, list[str]]:
     """Samples with final class names, rare classes dropped. Returns (table, format, root, notes)."""
-    table, fmt, root = read_dataset(config.data, reader_options(config), workdir)
+    table, fmt, root = read_dataset(locate(config.data) or config.data, reader_options(config), workdir)
     names = parse_class_names(config.class_names) if config.class_names else default_class_names(fmt)
     table = apply_class_names(table, names)
     if config.positive_classes:
@@ -68,17 +75,23 @@ def group_copies(table: pd.DataFrame, config: RunConfig, progress: bool = True) 
                                                                                     list[str]]:
     """Hash every image, confirm near copies with a second look, leave out copies whose labels disagree, and give
     copies (and the user's groups) one group. Returns (table with a 'group' column, the near-copy pairs, notes)."""
+    started = time.perf_counter()
     table = add_hashes(table.reset_index(drop=True), progress)
+    hashed = time.perf_counter()
     copies = near_copies(table, config.near_duplicate_distance, config.copy_similarity, progress)
+    if len(table) >= LONG_STEP_IMAGES:  # a plain line per long step (logs and CI have no progress bar)
+        say(f"copies: {len(table)} images hashed in {hashed - started:.1f}s; {len(copies)} near-copy pairs confirmed "
+            f"in {time.perf_counter() - hashed:.1f}s")
     table, copies, notes = drop_conflicting_copies(table, copies)
     groups = duplicate_groups(table, copies)
-    check_group_labels(table, groups)
+    check_group_labels(table, duplicate_groups(table.drop(columns=["group"]), copies))
     merged = int((groups.value_counts() > 1).sum())
     exact = int(table["sha256"].duplicated().sum())
     if merged:
         notes.append(f"{merged} group(s) of copies or shared groups kept on one side of the split ({exact} exact "
                      f"copies, {len(copies)} near-copy pairs confirmed by a second look)")
-    return table.assign(group=groups), copies, notes
+    # 'group' becomes the split's unit (the user's groups joined by copies); 'source_group' keeps the user's own
+    return table.assign(group=groups, source_group=table["group"]), copies, notes
 
 
 def grouped_data(config: RunConfig, workdir: Path | None = None, progress: bool = True,
@@ -86,6 +99,8 @@ def grouped_data(config: RunConfig, workdir: Path | None = None, progress: bool 
     """Read, label, check the masks ``mask_mode`` needs (default: the config's), hash and group copies: everything
     before the split (studies make their own folds from it)."""
     table, fmt, root, notes = read_labelled(config, workdir)
+    if config.group_labels:
+        check_one_label_per_group(table, config.data)
     require_masks(table, config.masks if mask_mode is None else mask_mode,
                   "expert" if config.masks_from == "expert" else "segmenter")
     table, copies, copy_notes = group_copies(table, config, progress)

@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from ..errors import BloodmlError
 
 SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ["path", "label", "group", "split", "sha256", "phash", "mask_path"]
+MANIFEST_COLUMNS = ["path", "label", "group", "split", "sha256", "phash", "mask_path", "source_group"]
 
 
 def duplicate_groups(table: pd.DataFrame, copies=()) -> pd.Series:
@@ -69,13 +69,30 @@ def drop_conflicting_copies(table: pd.DataFrame, copies=()) -> tuple[pd.DataFram
 
 
 def check_group_labels(table: pd.DataFrame, groups: pd.Series) -> None:
+    """Copies of one image (``groups``: copy groups) must carry one label."""
     mixed = table.groupby(groups)["label"].nunique()
     if (mixed > 1).any():
         members = table.loc[groups == mixed[mixed > 1].index[0]]
         raise BloodmlError(
-            f"{members['path'].iloc[0]} and {members['path'].iloc[1]} are copies (or share a group) but carry "
-            f"different labels ({', '.join(sorted(members['label'].unique()))}); fix the labels or remove one copy."
+            f"{members['path'].iloc[0]} and {members['path'].iloc[1]} are copies but carry different labels "
+            f"({', '.join(sorted(members['label'].unique()))}); fix the labels or remove one copy."
         )
+
+
+def check_one_label_per_group(table: pd.DataFrame, source: str) -> None:
+    """``group_labels=true``: the label belongs to the group (a patient's diagnosis), so a group whose cells carry
+    two labels is an error in the labels; the first such group is named with its labels and counts."""
+    if "group" not in table or table["group"].isna().all():
+        raise BloodmlError("group_labels=true needs group_column (the column naming each cell's patient or smear).")
+    counts = table.dropna(subset=["group"]).groupby(["group", "label"]).size()
+    labels_per_group = counts.groupby(level=0).size()
+    mixed = labels_per_group[labels_per_group > 1]
+    if len(mixed):
+        group = mixed.index[0]
+        found = ", ".join(f"{label} ({n} cells)" for label, n in counts[group].items())
+        raise BloodmlError(f"group {group} in {source}: its cells carry the labels {found}, but group_labels=true says "
+                           f"the label belongs to the group; fix its labels or set group_labels=false "
+                           f"({len(mixed)} group(s) affected).")
 
 
 def assign_splits(table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
@@ -87,7 +104,7 @@ def assign_splits(table: pd.DataFrame, val_fraction: float, test_fraction: float
                            f"and add up to less than 1; e.g. 0.15 and 0.15.")
     table = table.reset_index(drop=True).copy()
     groups = duplicate_groups(table, copies)
-    check_group_labels(table, groups)
+    check_group_labels(table, duplicate_groups(table.drop(columns=["group"], errors="ignore"), copies))
     table["group"] = groups
     per_group = table.groupby("group", sort=True)["label"].first()
     group_counts = per_group.value_counts()

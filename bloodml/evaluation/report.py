@@ -20,6 +20,7 @@ from ..compute import CPU, Compute
 from ..data.dataset import ImageSet
 from . import plots
 from .calibration import expected_calibration_error, fit_temperature, reliability_bins
+from .groups import group_metrics, group_table
 from .metrics import classification_metrics, majority_rate
 from .saliency import gradcam_maps, saliency_scores
 
@@ -34,6 +35,8 @@ class EvaluationSettings:
     seed: int = 0
     plots: bool = True  # False: metrics and predictions only (fast, for the many runs of a study)
     compute: Compute = CPU
+    group_aggregate: str = "mean"  # with group IDs: how a group's cells make one call (evaluation/groups.py)
+    group_top_k: int = 5
 
 
 @torch.no_grad()
@@ -64,10 +67,14 @@ def _hwc(images: torch.Tensor) -> np.ndarray:
 
 
 def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], history: list, best_epoch: int,
-             settings: EvaluationSettings, out: Path, groups: dict | None = None) -> dict[str, float]:
+             settings: EvaluationSettings, out: Path, groups: dict | None = None,
+             group_ids: dict | None = None) -> dict[str, float]:
     """All metrics (val_final_*, test_*, calibration, saliency) and artefacts for a trained model. ``groups``
-    (split -> one group ID per image, e.g. patients): intervals resample whole groups."""
+    (split -> one group ID per image, e.g. patients): intervals resample whole groups. ``group_ids`` (split ->
+    the user's group of each image): one call per group too, group-level metrics (``*_group_*``, ``*_groups``) and
+    ``groups_<split>.csv``."""
     groups = groups or {}
+    group_ids = group_ids or {}
     out.mkdir(parents=True, exist_ok=True)
     classes = list(model.class_names)
     metrics: dict[str, float] = {}
@@ -94,6 +101,12 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
         predictions[split] = (labels, probabilities, predicted)
         _predictions_table(paths[split], labels, probabilities, classes, predicted).to_csv(
             out / f"predictions_{split}.csv", index=False)
+        if group_ids.get(split) is not None:
+            table = group_table(group_ids[split], labels, probabilities, classes, settings.group_aggregate,
+                                settings.group_top_k, settings.threshold, positive)
+            table.to_csv(out / f"groups_{split}.csv", index=False)
+            metrics.update(group_metrics(table, classes, prefix, positive, settings.threshold, settings.n_boot,
+                                         settings.seed))
 
     labels, probabilities, predicted = predictions["test"]
     if not settings.plots:
@@ -174,8 +187,17 @@ def ci_basis(groups: float) -> str:
 def summary_markdown(metrics: dict, classes: list[str], best_epoch: int, binary: bool, out: Path) -> str:
     headline = ["accuracy", "balanced_accuracy", "macro_f1", "mcc"] + (
         ["roc_auc", "sensitivity", "specificity"] if binary else [])
-    lines = ["# Run summary", "", f"Classes: {', '.join(classes)}. Best epoch: {best_epoch}.", "",
-             "| metric (95% CI) | validation | test |", "|---|---|---|"]
+    lines = ["# Run summary", "", f"Classes: {', '.join(classes)}. Best epoch: {best_epoch}.", ""]
+    if "test_groups" in metrics:  # one call per patient: what the clinician reads, so first
+        group_rows = ["accuracy", "balanced_accuracy"] + (["roc_auc", "sensitivity", "specificity"] if binary else
+                                                          ["macro_f1"])
+        lines += [f"Per group ({metrics.get('val_final_groups', 0):.0f} validation, {metrics['test_groups']:.0f} test "
+                  f"groups, one call each; intervals over groups):", "",
+                  "| group-level metric (95% CI) | validation | test |", "|---|---|---|"]
+        lines += [f"| {m} | {_fmt(metrics, 'val_final_group_' + m)} | {_fmt(metrics, 'test_group_' + m)} |"
+                  for m in group_rows]
+        lines += ["", "Per cell:", ""]
+    lines += ["| metric (95% CI) | validation | test |", "|---|---|---|"]
     lines += [f"| {m} | {_fmt(metrics, 'val_final_' + m)} | {_fmt(metrics, 'test_' + m)} |" for m in headline]
     lines += [f"| majority-class rate | {metrics['val_majority_rate']:.3f} | {metrics['test_majority_rate']:.3f} |",
               f"| expected calibration error | {metrics['val_ece']:.3f} | {metrics['test_ece']:.3f} |", "",

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .spec import METRICS  # noqa: E402
+from .spec import GROUP_METRICS, METRICS  # noqa: E402
 from .statistics import mean_ci  # noqa: E402
 
 
@@ -49,20 +49,23 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
     rows = []
     for name, per_metric in result.scores.items():
         row = {"configuration": name}
-        for metric in METRICS:
+        for metric in (*[m for m in GROUP_METRICS if m in per_metric], *METRICS):
             mean, std, low, high = mean_ci(np.array(per_metric[metric]))
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
         rows.append(row)
     results = pd.DataFrame(rows)
     results.to_csv(out / "results.csv", index=False)
-    per_fold = pd.DataFrame([{"configuration": n, "fold": i, **{m: v[m][i] for m in METRICS}}
+    per_fold = pd.DataFrame([{"configuration": n, "fold": i, **{m: v[m][i] for m in (*GROUP_METRICS, *METRICS)
+                                                                 if m in v}}
                              for n, v in result.scores.items() for i in range(len(v[METRICS[0]]))])
     per_fold.to_csv(out / "per_fold.csv", index=False)
     pd.DataFrame([c.__dict__ | {"verdict": c.verdict()} for c in result.comparisons]).to_csv(
         out / "comparisons.csv", index=False)
 
     first = next(iter(result.scores.values()), {})
-    extra = [k for k in first if k not in METRICS and all(k in v for v in result.scores.values())]
+    groups_first = [k for k in GROUP_METRICS if all(k in v for v in result.scores.values())]  # per patient first
+    extra = [k for k in first if k not in METRICS + GROUP_METRICS and all(k in v for v in result.scores.values())]
+    columns = tuple(groups_first) + METRICS + tuple(extra)
     protocol = (f"train on `{spec.base.data}` ({spec.repeats} seeds, each with its own stratified hold-out split), "
                 f"test on {', '.join(f'`{t}`' for t in spec.tests)}; compared: the first test dataset's scores"
                 if spec.protocol == "cross_dataset" else
@@ -79,15 +82,19 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
     lines += ["", "Differences are (second - first) per fold; their 95 % interval comes from the corrected "
               "resampled t-test (Nadeau & Bengio 2003), which widens the naive interval because training sets "
               "overlap between folds. An interval that covers zero means no detectable difference.", "",
-              "## Results", "", "| configuration | " + " | ".join(f"{m} (95% CI)" for m in METRICS + tuple(extra))
-              + " |", "|---|" + "---|" * (len(METRICS) + len(extra))]
+              "## Results", ""]
+    if groups_first:
+        lines += [f"Per {spec.base.group_column} first (one call per {spec.base.group_column} from all its cells, "
+                  f"by {spec.base.group_aggregate} unless the configuration says otherwise: `group_*`), then per "
+                  f"cell.", ""]
+    lines += ["| configuration | " + " | ".join(f"{m} (95% CI)" for m in columns) + " |",
+              "|---|" + "---|" * len(columns)]
     for row in rows:
-        for key in extra:
+        for key in (*groups_first, *extra):
             mean, _, low, high = mean_ci(np.array(result.scores[row["configuration"]][key]))
             row.update({f"{key}_mean": mean, f"{key}_ci_low": low, f"{key}_ci_high": high})
         lines.append(f"| {row['configuration']} | " + " | ".join(
-            f"{row[f'{m}_mean']:.3f} ({row[f'{m}_ci_low']:.3f}-{row[f'{m}_ci_high']:.3f})"
-            for m in METRICS + tuple(extra)) + " |")
+            f"{row[f'{m}_mean']:.3f} ({row[f'{m}_ci_low']:.3f}-{row[f'{m}_ci_high']:.3f})" for m in columns) + " |")
     if extra:
         lines += ["", "in_domain_macro_f1: the training dataset's own hold-out test split; shift_far_share: the share "
                       "of test images beyond the 99th percentile of the training images' colour, contrast and "
@@ -117,8 +124,9 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
               f"Every fold was audited for images shared between its train, validation and test parts (same path, "
               f"same bytes, or a near copy: hash distance <= {spec.base.near_duplicate_distance} in any flip/rotation "
               f"or crop, confirmed by a fine-structure similarity >= {spec.base.copy_similarity}): "
-              f"**{result.leaks} leaks**. {int((groups > 1).sum())} groups of copies/near-copies "
-              f"({int(groups[groups > 1].sum())} images) were kept on one side of every split.", "",
+              f"**{result.leaks} leaks**. {int((groups > 1).sum())} groups of several images (copies, near copies "
+              f"or the data's own groups; {int(groups[groups > 1].sum())} images) were kept on one side of every "
+              f"split.", "",
               "## Data", "", "| class | images |", "|---|---|"]
     lines += [f"| {label} | {n} |" for label, n in counts.items()]
     lines += [""] + [f"- note: {n}" for n in notes]

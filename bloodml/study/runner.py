@@ -25,7 +25,7 @@ from ..train import run_training
 from .cross_dataset import TestSet, load_test_sets, score_on
 from .protocol import Fold, repeated_group_kfold
 from .report import short_name, write_report
-from .spec import METRICS, Configuration, StudySpec
+from .spec import GROUP_METRICS, METRICS, Configuration, StudySpec
 from .statistics import compare, mean_ci
 
 Scores = dict[str, dict[str, list[float]]]  # configuration -> metric -> per-fold test scores
@@ -89,7 +89,9 @@ def previous_study(spec: StudySpec, folds: list[Fold]) -> tuple[str | None, Scor
         fold_runs = {r.data.tags.get("fold"): r for r in child_runs(run.info.run_id, finished_only=True)}
         prefix = f"cross_{Path(spec.tests[0]).stem}_" if spec.protocol == "cross_dataset" else "test_"
         if all(f.name in fold_runs and f"{prefix}{METRICS[0]}" in fold_runs[f.name].data.metrics for f in folds):
-            done[name] = {m: [fold_runs[f.name].data.metrics[f"{prefix}{m}"] for f in folds] for m in METRICS}
+            done[name] = {m: [fold_runs[f.name].data.metrics.get(f"{prefix}{m}", float("nan")) for f in folds]
+                          for m in METRICS + (GROUP_METRICS if spec.base.group_column and spec.protocol != "cross_dataset"
+                                              else ())}
     return parent, done
 
 
@@ -147,6 +149,9 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
             log_metrics(crossed, run_id=result.run_id)
         for metric in METRICS:
             per_metric[metric].append(scores[metric])
+        if configuration.config.group_column and not tests:  # one call per patient: scored per patient
+            for metric in GROUP_METRICS:
+                per_metric.setdefault(metric, []).append(result.metrics.get(f"test_{metric}", float("nan")))
         ratios.append(result.metrics["n_test"] / result.metrics["n_train"])
     aggregated = {}
     for metric, values in per_metric.items():

@@ -13,6 +13,9 @@ from ..config import AUGMENT_PRESETS, PARAMETERS, RECIPES, RunConfig, build_conf
 from ..errors import BloodmlError
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc")
+# With group_column: one call per group (patient), scored per group; the report puts them first.
+GROUP_METRICS = ("group_roc_auc", "group_balanced_accuracy", "group_accuracy", "group_sensitivity",
+                 "group_specificity")
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,10 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if kind not in ("cv", "holdout", "cross_dataset"):
         raise BloodmlError(f"{source}: protocol type '{kind}' is unknown; use cv, holdout or cross_dataset.")
     metric = content.get("metric", "macro_f1")
-    if metric not in METRICS:
-        raise BloodmlError(f"{source}: metric '{metric}' is unknown; use one of {', '.join(METRICS)}.")
+    if metric not in METRICS + GROUP_METRICS:
+        raise BloodmlError(f"{source}: metric '{metric}' is unknown; use one of {', '.join(METRICS + GROUP_METRICS)}.")
+    if metric in GROUP_METRICS and not base.group_column:
+        raise BloodmlError(f"{source}: metric '{metric}' scores one call per group; set group_column (e.g. patient).")
     spec = StudySpec(name=str(content.get("name") or Path(path).stem), base=base, protocol=kind,
                      folds=int(protocol.get("folds", 5)), repeats=int(protocol.get("repeats", 3)),
                      val_fraction=float(protocol.get("val_fraction", 0.15)), metric=metric)

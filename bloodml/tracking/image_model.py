@@ -1,8 +1,9 @@
 """The served model: image files in, class names and probabilities out.
 
 An MLflow pyfunc logged from code (loading it unpickles nothing) at ``runs:/<run_id>/image_model``, beside the
-tensor-in PT2 ``model``. It holds that PT2 network, the segmenter when the input specification draws masks with
-one, and a copy of bloodml's code, so `mlflow models serve` needs nothing else. Its ``predict`` takes a table with
+tensor-in PT2 ``model``. It holds that PT2 network and the segmenter when the input specification draws masks with
+one; bloodml's image reading runs in the server, so serve it from bloodml's environment (`bloodml serve`, or
+`mlflow models serve --env-manager local`). Its ``predict`` takes a table with
 a column ``image`` (an image file's bytes; base64 text in JSON) and an optional ``mask``, and answers ``label``,
 ``confidence`` and ``p_<class>`` (:mod:`bloodml.serving.frames`). A bad request is an MLflow
 INVALID_PARAMETER_VALUE error: HTTP 400 with the one-line reason, and the server goes on serving.
@@ -10,7 +11,6 @@ INVALID_PARAMETER_VALUE error: HTTP 400 with the one-line reason, and the server
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
+from .. import __version__
 from ..data.input_spec import InputSpec
 from ..errors import BloodmlError
 from ..segmentation.network import LoadedSegmenter
@@ -32,7 +33,6 @@ from .registry import model_uri, source_run
 
 IMAGE_MODEL = "image_model"
 IMAGE_HASH_TAG = "bloodml.image_model_sha256"
-PACKAGE = Path(__file__).resolve().parents[1]  # bloodml/, shipped with the model
 ENTRY = Path(__file__).with_name("image_model_entry.py")
 
 
@@ -66,16 +66,11 @@ def request_signature(classes: list[str]) -> ModelSignature:
 
 
 def requirements() -> list[str]:
-    """The network's packages and those bloodml's image reading needs."""
+    """The network's packages, those bloodml's image reading needs, and bloodml itself (its reading code runs in
+    the server: `mlflow models serve --env-manager local` from bloodml's environment)."""
     return network_requirements() + [f"pandas=={pd.__version__}", f"pillow=={PIL.__version__}",
-                                     f"scipy=={scipy.__version__}", f"tqdm=={tqdm.__version__}"]
-
-
-def _package_copy(folder: Path) -> Path:
-    """bloodml's source without caches, to ship with the model."""
-    target = folder / "bloodml"
-    shutil.copytree(PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return target
+                                     f"scipy=={scipy.__version__}", f"tqdm=={tqdm.__version__}",
+                                     f"bloodml=={__version__}"]
 
 
 def log_image_model(network_uri: str, classes: list[str], spec: InputSpec, example_image: bytes,
@@ -87,7 +82,7 @@ def log_image_model(network_uri: str, classes: list[str], spec: InputSpec, examp
     example = pd.DataFrame({IMAGE: [example_image], **({MASK: [example_mask]} if example_mask is not None else {})})
     with tempfile.TemporaryDirectory() as tmp:
         info = mlflow.pyfunc.log_model(
-            name=IMAGE_MODEL, python_model=str(ENTRY), artifacts=artifacts, code_paths=[str(_package_copy(Path(tmp)))],
+            name=IMAGE_MODEL, python_model=str(ENTRY), artifacts=artifacts,
             signature=request_signature(classes), input_example=example, pip_requirements=requirements(),
             metadata={"class_names": list(classes), "input_spec": spec.to_dict(),
                       "input": "a table: image (file bytes; base64 text in JSON), optional mask (same)",

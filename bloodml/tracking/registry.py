@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from contextlib import contextmanager
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -43,20 +45,39 @@ def alias_version(name: str, alias: str):
         return None
 
 
+class RegistryPermissionError(BloodmlError):
+    """The tracking server's authentication refused a registry change to this user (HTTP 403)."""
+
+
+@contextmanager
+def _permitted(name: str, what: str):
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this user"
+        raise RegistryPermissionError(f"{user} may not {what} on registered model '{name}' (the tracking server "
+                                      f"needs EDIT on it)") from None
+
+
 def register_version(run_id: str, name: str, tags: dict | None = None, artifact: str = "model") -> str:
     """Register ``runs:/<run_id>/<artifact>`` as a new version of ``name``. Returns the version."""
-    version = str(mlflow.register_model(f"runs:/{run_id}/{artifact}", name).version)
+    with _permitted(name, "register a version"):
+        version = str(mlflow.register_model(f"runs:/{run_id}/{artifact}", name).version)
     for key, value in (tags or {}).items():
         set_version_tag(name, version, key, value)
     return version
 
 
 def set_version_tag(name: str, version: str, key: str, value) -> None:
-    mlflow.MlflowClient().set_model_version_tag(name, version, key, str(value))
+    with _permitted(name, "tag a version"):
+        mlflow.MlflowClient().set_model_version_tag(name, version, key, str(value))
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    with _permitted(name, f"move @{alias}"):
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
 
 
 def register(run_id: str, name: str, alias: str = "champion", artifact: str = "model") -> str:

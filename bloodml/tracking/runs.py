@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -117,7 +118,10 @@ def log_datasets(splits: dict[str, pd.DataFrame], name: str, source: str, digest
     runs table's Dataset column and the run page's Datasets used."""
     inputs = []
     for context, table in splits.items():
-        dataset = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digests[context])
+        with warnings.catch_warnings():  # a local path matches MLflow's two local-file sources; both are the same
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_pandas(table, source=source, name=name, targets="label",
+                                              digest=digests[context])
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     _client().log_inputs(_run_id(run_id), datasets=inputs)
 

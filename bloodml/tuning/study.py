@@ -10,6 +10,7 @@ import re
 import tempfile
 import threading
 import time
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..errors import BloodmlError
 from ..runtime import configure, say, show_progress
 from ..tracking.runs import adopt_launched_run, create_run, delete_run, find_runs, finish_run, launched_run_id, \
     log_folder, log_metrics, set_description, set_tags
+from ..tracking.registry import RegistryPermissionError
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import StopRun, run_training
 from .champion import promote
@@ -81,8 +83,10 @@ def _storage(url: str) -> RDBStorage:
         except Exception as exc:
             last = exc
             time.sleep(0.5 * (attempt + 1) + random.random())
-    raise BloodmlError(f"Optuna storage '{url}' cannot be opened ({str(last).splitlines()[0][:120]}); pass "
-                       f"storage=sqlite:///optuna.db or a reachable postgresql://user:pass@host/db.")
+    reason = scrubbed(str(last).splitlines()[0][:160] if str(last) else type(last).__name__, url)
+    raise BloodmlError(f"Optuna storage '{shown_storage(url)}' cannot be opened ({reason}); pass storage="
+                       f"sqlite:///optuna.db or a reachable postgresql://user@host/db (password in PGPASSFILE or "
+                       f"PGPASSWORD, not in the URL).")
 
 
 def _pruner(name: str) -> optuna.pruners.BasePruner:
@@ -96,8 +100,14 @@ def _pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def shown_storage(url: str) -> str:
-    """A storage URL fit to print or log: any password (or whole user:password part) replaced by ***."""
-    return re.sub(r"://[^@/]*@", "://***@", url)
+    """A storage URL fit to print or log: a password in it replaced by *** (the user name stays)."""
+    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)
+
+
+def scrubbed(text: str, url: str) -> str:
+    """``text`` (a driver's error, say) with the URL's password, if any, replaced by ***."""
+    password = urllib.parse.urlsplit(url).password if "://" in url else None
+    return text.replace(password, "***") if password else text
 
 
 def dashboard_hint(url: str) -> str:
@@ -284,7 +294,12 @@ def finish(study: optuna.Study, config: RunConfig, settings: TuneSettings, paren
     run_id = best.user_attrs["mlflow_run_id"]
     name = settings.model_name or default_model_name(config)
     val_rows = data.split("val")
-    version, promoted, reason = promote(name, run_id, settings.objective, best.value, val_rows, settings.alias)
+    try:
+        version, promoted, reason = promote(name, run_id, settings.objective, best.value, val_rows, settings.alias)
+    except RegistryPermissionError as refused:  # may log trials, may not promote: leave it to whoever may
+        version, promoted = "none", False
+        reason = (f"{refused}; promote run {run_id} with 'bloodml register {run_id} --name {name} --alias "
+                  f"{settings.alias}' as a user who may")
     log_metrics({f"best_{settings.objective}": best.value}, run_id=parent)
     set_tags({"best_trial": str(best.number), "best_run_id": run_id, "registered_model": name,
               "registered_version": str(version), "champion_promoted": str(promoted).lower()}, parent)
@@ -293,8 +308,11 @@ def finish(study: optuna.Study, config: RunConfig, settings: TuneSettings, paren
                                      name, version, promoted, reason), parent)
     finish_run(parent)
     say(f"best trial {best.number}: {settings.objective} {best.value:.4f} (run {run_id})")
-    say(f"registry: {name} version {version} " + (f"is now @{settings.alias}" if promoted else
-                                                  f"registered, @{settings.alias} unchanged") + f" ({reason})")
+    if version == "none":
+        say(f"registry: nothing registered: {reason}")
+    else:
+        say(f"registry: {name} version {version} " + (f"is now @{settings.alias}" if promoted else
+                                                      f"registered, @{settings.alias} unchanged") + f" ({reason})")
     say(f"see it: {ui_hint(uri)}")
     say(dashboard_hint(settings.storage))
     return {**summary, "best_trial": best.number, "best_value": best.value, "best_run_id": run_id,
