@@ -261,7 +261,7 @@ def data():
 
 @data.command("fetch")
 @click.argument("name")
-@click.option("--to", default=None, help="folder to put it in (default $BLOODML_CACHE/data/NAME)")
+@click.option("--to", default=None, help="folder to put it in, as NAME/ (default $BLOODML_CACHE/data)")
 @click.option("--url", default="", help="another source for the same archive (a mirror); files are checked all the same")
 @click.option("--archive", default=None, help="the archive, downloaded by hand (machines without internet)")
 def data_fetch(name, to, url, archive):

@@ -78,6 +78,14 @@ def test_fetch_from_a_local_server_checks_every_file_and_keeps_nothing_of_a_bad_
     code, out, err = run_cli(capsys, "data", "fetch", "wbc-zheng2018", "--url", f"{base}/missing.zip")
     assert code == 0 and "already here, checked" in out  # a complete copy is not fetched again
 
+    mine = tmp_path / "mine" / "wbc-zheng2018"  # a user's own folder of that name is never touched
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my work")
+    code, out, err = run_cli(capsys, "data", "fetch", "wbc-zheng2018", "--to", tmp_path / "mine", "--url",
+                             f"{base}/good.zip")
+    assert code == 2 and "already exists and is not a checked copy" in err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
     code, out, err = run_cli(capsys, "data", "fetch", "all-idb2")
     assert code == 2 and "given by their authors on request" in err
 

@@ -13,9 +13,7 @@ else the cache, else a fetch.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import sys
 import tempfile
 import time
 import urllib.error
@@ -90,13 +88,17 @@ def is_complete(folder: Path) -> bool:
 
 
 def fetch(name: str, to: str | Path | None = None, url: str = "", archive: str | Path | None = None) -> Path:
-    """The dataset's folder, fetched (or taken from ``archive``, a zip downloaded by hand) and checked if it is not
-    there yet. ``url`` overrides the pinned source (mirrors, tests); the checksums stay pinned."""
+    """The dataset's folder (``to``/NAME, default the cache's), fetched (or taken from ``archive``, a zip downloaded
+    by hand) and checked if it is not there yet; a folder of that name that is not a checked copy is never touched.
+    ``url`` overrides the pinned source (mirrors, tests); the checksums stay pinned."""
     dataset = known(name)
-    target = Path(to).expanduser() if to else data_home() / name
+    target = (Path(to).expanduser() if to else data_home()) / name
     if is_complete(target):
         say(f"{name}: already here, checked: {target}")
         return target
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise BloodmlError(f"{target}: already exists and is not a checked copy of {name}; move it away or pass "
+                           f"another --to (nothing was changed).")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as work:
         work = Path(work)
@@ -108,8 +110,8 @@ def fetch(name: str, to: str | Path | None = None, url: str = "", archive: str |
         staged = work / "dataset"
         checked = stage_checked(dataset, top, staged, url or str(source))
         (staged / VERIFIED).write_text(f"{dataset.url}\n{checked} files checked against bloodml's pinned SHA-256\n")
-        if target.exists():  # an incomplete earlier attempt
-            shutil.rmtree(target)
+        if target.exists():  # an empty folder (checked above): the checked copy takes its place
+            target.rmdir()
         staged.rename(target)  # the folder appears whole, checked, or not at all
     say(f"{name}: {checked} files checked, ready at {target} ({dataset.about})")
     return target
