@@ -108,3 +108,70 @@ def test_no_password_in_runs_logs_or_errors(make_folders, tmp_path):
     seen += [p.read_text(errors="replace") for p in (SECRETS.parent / "run").glob("*.log")]
     for password in passwords:
         assert not any(password in text for text in seen)
+
+
+def test_the_readme_scale_out_recipe_runs_on_loopback(tmp_path):
+    """The README's commands, run as written on one machine: only the placeholders a reader fills in change (the
+    database host and port, the server's address, the artefact store, the paths of the project's files) and the
+    tune is made tiny. The passwords come from files, as the README says: the database's from tools/services.sh."""
+    import re
+    import signal
+    import socket
+    import time
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- scale-out -->\s*```bash\n(.*?)```", text, re.S).group(1)
+    lines = block.splitlines()
+    users = next(i for i, line in enumerate(lines) if line.startswith("# a user for the workers"))
+    worker = next(i for i, line in enumerate(lines) if line.startswith("# on each worker machine"))
+    server_part, users_part, worker_part = ("\n".join(lines[a:b]) for a, b in ((0, users), (users, worker),
+                                                                             (worker, len(lines))))
+    pg_port = re.search(r"127\.0\.0\.1:(\d+)/", PG).group(1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tiny = ("--backbone test_efficientnet --pretrained false --image_size 32 --epochs 1 --aug_views 1 "
+            "--gradcam_samples 0 --bootstrap 100 --experiment readme-scale --model_name readme-scale --pruner none")
+    fill = [("USER@DBHOST", f"postgres@127.0.0.1:{pg_port}"), ("DBHOST:5432:*:USER:", f"127.0.0.1:{pg_port}:*:postgres:"),
+            ("s3://bucket/mlflow", str(tmp_path / "artifacts")), ("--host 10.0.0.5 --port 5000", f"--host 127.0.0.1 --port {port}"),
+            ("10.0.0.5:5000", f"127.0.0.1:{port}"), ("pip install -e \".[scale]\"", ":"),
+            ("tools/mlflow_users.py", str(REPO / "tools/mlflow_users.py")),
+            ("experiments/wbc.yaml", str(REPO / "experiments/wbc.yaml")),
+            ("--study_name wbc-lite0 --n_trials 60", f"--study_name readme-{uuid.uuid4().hex[:8]} --n_trials 1 {tiny}")]
+    parts = []
+    for part in (server_part, users_part, worker_part):
+        for placeholder, value in fill:
+            part = part.replace(placeholder, value)
+        parts.append(part)
+    (tmp_path / "db-password").write_text(secret("postgres"))
+    (tmp_path / "admin-password").write_text(secrets.token_urlsafe(16))
+    (tmp_path / "worker-password").write_text(secrets.token_urlsafe(16))
+    (tmp_path / "flask-secret").write_text(secrets.token_urlsafe(16))
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("MLFLOW_", "PGPASS", "BLOODML_OPTUNA"))}  # only what the README sets
+    env.update(HOME=str(tmp_path), CI="true", PATH=os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]]))
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(["bash", "-e", "-c", parts[0]], cwd=tmp_path, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(1)
+        for part in parts[1:]:
+            done = subprocess.run(["bash", "-e", "-c", part], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=400)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "is now @champion" in done.stdout
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+    logs = done.stdout + done.stderr + (tmp_path / "server.log").read_text()
+    assert not any(secret_ in logs for secret_ in ((tmp_path / "worker-password").read_text(), secret("postgres")))
