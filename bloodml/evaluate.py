@@ -12,7 +12,7 @@ from .data.labels import parse_class_names
 from .data.prepare import read_labelled, require_masks
 from .errors import BloodmlError
 from .evaluation.calibration import expected_calibration_error
-from .evaluation.groups import group_metrics, group_table
+from .evaluation.groups import group_line, group_metrics, group_table
 from .evaluation.metrics import classification_metrics, majority_rate
 from .predict import loaded_model, model_probabilities, shift_check
 from .scoring import confusion_counts
@@ -87,10 +87,7 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
             f"macro-F1 {in_domain['test_macro_f1']:.3f}; here: accuracy {metrics['eval_accuracy']:.3f}, macro-F1 "
             f"{metrics['eval_macro_f1']:.3f}")
     if calls is not None:
-        say(f"per {config.group_column} ({len(calls)} groups, {config.group_aggregate} of their cells): accuracy "
-            f"{metrics['eval_group_accuracy']:.3f} ({metrics['eval_group_accuracy_ci_low']:.3f}-"
-            f"{metrics['eval_group_accuracy_ci_high']:.3f})" + (f", ROC-AUC {metrics['eval_group_roc_auc']:.3f}"
-                                                              if "eval_group_roc_auc" in metrics else ""))
+        say(group_line(metrics, "eval_", config.group_column, config.group_aggregate))
     say("recall per class: " + ", ".join(f"{name} {v:.2f}" for name, v in recall.items()))
     say("confusion matrix (rows true, columns predicted: " + ", ".join(classes) + "): "
         + " | ".join(" ".join(str(int(c)) for c in row) for row in counts))

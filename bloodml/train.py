@@ -27,6 +27,7 @@ from .data.input_spec import InputSpec
 from .data.prepare import PreparedData, prepare
 from .data.splits import dataset_name, manifest
 from .data.transforms import Preprocess, build_augmentation, fit_input_spec
+from .evaluation.groups import group_line
 from .evaluation.report import EvaluationSettings, evaluate
 from .evaluation.shift import ShiftProfile, descriptors
 from .models.classifier import BloodCellClassifier
@@ -264,17 +265,6 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
     return metrics
 
 
-def group_line(metrics: dict[str, float], config: RunConfig) -> str:
-    """One line of group-level test results (one call per group, intervals over groups)."""
-    parts = [f"accuracy {metrics['test_group_accuracy']:.3f} ({metrics['test_group_accuracy_ci_low']:.3f}-"
-             f"{metrics['test_group_accuracy_ci_high']:.3f})"]
-    if "test_group_roc_auc" in metrics:
-        parts.append(f"ROC-AUC {metrics['test_group_roc_auc']:.3f} ({metrics['test_group_roc_auc_ci_low']:.3f}-"
-                     f"{metrics['test_group_roc_auc_ci_high']:.3f})")
-    return (f"per {config.group_column} ({metrics['test_groups']:.0f} test groups, {config.group_aggregate} of their "
-            f"cells): " + ", ".join(parts))
-
-
 def run_description(config: RunConfig, data: PreparedData, summary: str, metrics: dict[str, float]) -> str:
     """The run page's Description: what was trained on what, then the evaluation summary (without its file
     links: the artefacts sit under evaluation/), or the test scores where no summary was written."""
@@ -358,7 +348,7 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
             log_trained_model(model, config, sets["test"], profile, data.split("test"))
         checkpoint_path(run.info.run_id).unlink(missing_ok=True)  # finished: nothing left to resume
         if "test_group_accuracy" in metrics:
-            say(group_line(metrics, config))
+            say(group_line(metrics, "test_", config.group_column, config.group_aggregate))
         say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
             f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
             f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")

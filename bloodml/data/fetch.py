@@ -12,7 +12,6 @@ else the cache, else a fetch.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import time
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import BloodmlError
 from ..runtime import cache_root, say, show_progress
+from .hashing import file_sha256
 from .readers import extract_zip
 
 CATALOG_FILES = Path(__file__).with_name("catalog")
@@ -126,21 +126,13 @@ def stage_checked(dataset: PublicDataset, top: Path, staged: Path, origin: str) 
         if not found.is_file():
             raise BloodmlError(f"{origin}: {path} is missing from the archive (not the pinned {dataset.name} "
                                f"archive?); nothing was kept.")
-        if sha256_of(found) != digest:
+        if file_sha256(found) != digest:
             raise BloodmlError(f"{origin}: {path} differs from its pinned SHA-256 (a corrupted or changed download); "
                                f"nothing was kept. Fetch it again.")
         destination = staged / dataset.target_name(path)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(found), destination)
     return len(expected)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(url: str, destination: Path, name: str, timeout: float = 60) -> Path:

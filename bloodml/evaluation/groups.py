@@ -93,3 +93,14 @@ def group_metrics(table: pd.DataFrame, classes: list[str], prefix: str, positive
     metrics.pop(f"{prefix}group_ci_groups", None)
     metrics[f"{prefix}groups"] = float(len(table))
     return metrics
+
+
+def group_line(metrics: dict[str, float], prefix: str, group_column: str, rule: str) -> str:
+    """One line of group-level results (``<prefix>group_*``): accuracy and, for binary tasks, ROC-AUC with their
+    intervals over groups."""
+    def shown(name: str) -> str:
+        key = f"{prefix}group_{name}"
+        return f"{metrics[key]:.3f} ({metrics[key + '_ci_low']:.3f}-{metrics[key + '_ci_high']:.3f})"
+    parts = [f"accuracy {shown('accuracy')}"] + ([f"ROC-AUC {shown('roc_auc')}"]
+                                                 if f"{prefix}group_roc_auc" in metrics else [])
+    return f"per {group_column} ({metrics[f'{prefix}groups']:.0f} groups, {rule} of their cells): " + ", ".join(parts)
