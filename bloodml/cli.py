@@ -210,8 +210,13 @@ def register(run_id, name, alias):
                    "image's folder); writes <output>_groups.csv")
 @click.option("--group-aggregate", "--group_aggregate", "group_aggregate", default="",
               help="how a group's cells make one call: mean, logodds, topk, share (default: as the model was trained)")
+@click.option("--adapt-bn", "--adapt_bn", "adapt_bn", type=bool, is_flag=False, flag_value=True, default=False,
+              help="another instrument: re-estimate the model's batch-norm statistics on these images first (AdaBN)")
+@click.option("--test-blur", "--test_blur", "test_blur", type=click.FloatRange(0.0, 10.0), default=0.0,
+              help="blur the images (Gaussian sigma, pixels of the network input) to match a blurrier training "
+                   "instrument")
 def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter, image_column, group_column,
-            group_aggregate):
+            group_aggregate, adapt_bn, test_blur):
     """Classify images (files, folders or a CSV listing them) with a trained model; writes a CSV of labels and
     probabilities, and with --group-column one row per group too."""
     from .predict import predict_images
@@ -220,7 +225,7 @@ def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter
     configure_tracking()
     table, groups = predict_images(reference, list(inputs), masks_dir, pattern=pattern, masks_from=masks_from,
                                    segmenter=segmenter, image_column=image_column, group_column=group_column,
-                                   group_aggregate=group_aggregate)
+                                   group_aggregate=group_aggregate, adapt_bn=adapt_bn, test_blur=test_blur)
     target = Path(output)
     _write_csv(table, target)
     counts = table["predicted_label"].value_counts()

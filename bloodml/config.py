@@ -89,7 +89,7 @@ class RunConfig:
     normalize: str = _p("imagenet", "normalisation: backbone's pretraining stats, training-split stats, per image",
                         ("imagenet", "dataset", "per_image"), group="preprocessing")
     stain_norm: str = _p("none", "colour normalisation for stain/instrument differences",
-                         ("none", "grey_world", "reinhard"), group="preprocessing")
+                         ("none", "grey_world", "reinhard", "macenko"), group="preprocessing")
     # --- augmentation (training images only) ------------------------------------------------------------------
     augment: bool = _p(True, "augment training images (image and mask together)", group="augmentation")
     rotation: float = _p(90.0, "max rotation, degrees", low=0.0, high=180.0, group="augmentation")
@@ -144,6 +144,9 @@ class RunConfig:
                        group="training")
     warmup: float = _p(0.0, "share of all steps spent warming up the learning rate (onecycle: default 0.15)",
                        low=0.0, high=0.9, group="training")
+    ema: float = _p(0.0, "exponential moving average of the trained weights, decay per step (e.g. 0.99; warmed up "
+                         "from 0): validation, early stopping and the logged model use the average (0: off)",
+                    low=0.0, high=0.99999, group="training")
     device: str = _p("auto", "where tensors are computed: auto (CUDA, else Apple MPS, else CPU), cpu, cuda, "
                              "cuda:N, mps", group="training")
     precision: str = _p("auto", "auto (bf16 autocast on CUDA where supported, fp16 with loss scaling on other "
@@ -159,6 +162,12 @@ class RunConfig:
                           low=0.0, high=1.0, group="evaluation")
     tta: bool = _p(False, "test-time augmentation: average the probabilities of the image, its flips and its "
                           "transpose (evaluation and the logged model)", group="evaluation")
+    adapt_bn: bool = _p(False, "scoring another dataset (evaluate, predict, cross-dataset studies): re-estimate the "
+                               "batch-norm statistics on its images first (AdaBN, no labels needed); the run's own "
+                               "splits are scored as trained", group="evaluation")
+    test_blur: float = _p(0.0, "scoring another dataset: blur its images (Gaussian sigma, pixels of the network "
+                               "input) to match a blurrier training instrument; the run's own splits are untouched",
+                          low=0.0, high=10.0, group="evaluation")
     temperature_scaling: bool = _p(False, "fit a softmax temperature on the validation split (calibration)",
                                    group="evaluation")
     gradcam_samples: int = _p(12, "test images explained with Grad-CAM (0: none)", low=0, high=10000,

@@ -14,11 +14,12 @@ from .errors import BloodmlError
 from .evaluation.calibration import expected_calibration_error
 from .evaluation.groups import group_line, group_metrics, group_table
 from .evaluation.metrics import classification_metrics, majority_rate
-from .predict import loaded_model, model_probabilities, shift_check
+from .predict import adapted_model, loaded_model, model_probabilities, shift_check
 from .scoring import confusion_counts
 from .segmentation.source import with_masks_from
 from .runtime import say
 from .tracking.registry import model_uri, source_run
+from .tracking.model import load_model
 from .tracking.runs import get_run, log_metrics, log_params, log_table, training_run
 from .tracking.store import configure_tracking
 from .train import positive_index
@@ -43,9 +44,13 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
     table = relabelled(table, label_map, classes, config.data)
     table = masked_rows(table, spec)
     require_masks(table, spec.mask_mode, spec.masks_from)
+    paths, mask_paths = list(table["path"]), list(table["mask_path"])
+    if config.adapt_bn:
+        model = adapted_model(load_model(reference, network=True)[0], spec, paths, mask_paths, batch,
+                              config.mask_codes, config.test_blur)
     points: list = []
-    probabilities = model_probabilities(model, spec, list(table["path"]), list(table["mask_path"]), batch,
-                                        config.mask_codes, shift=points)
+    probabilities = model_probabilities(model, spec, paths, mask_paths, batch, config.mask_codes, shift=points,
+                                        blur=config.test_blur)
     truth = np.array([classes.index(label) for label in table["label"]])
     groups = table["group"].to_numpy() if config.group_column else None
     positive = positive_index(config, classes)
@@ -67,7 +72,8 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
     in_domain = source_metrics(reference)
     with training_run(config.experiment, config.run_name or f"evaluate-{Path(str(config.data)).name}",
                       tags={"bloodml.task": "evaluate", "model": reference, "masks_used": str(spec.masked).lower()}):
-        log_params({"model": reference, "data": config.data, "label_map": label_map or "(none)", "format": fmt})
+        log_params({"model": reference, "data": config.data, "label_map": label_map or "(none)", "format": fmt,
+                    "adapt_bn": config.adapt_bn, "test_blur": config.test_blur})
         log_metrics(metrics)
         predictions = pd.DataFrame({"file": table["path"], "true_label": table["label"],
                                     "predicted_label": [classes[i] for i in probabilities.argmax(1)]})

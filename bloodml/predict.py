@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from .data.acquisition import sharpness_blur
 from .data.dataset import load_batch
 from .data.images import is_image_file
 from .data.input_spec import InputSpec
@@ -19,6 +21,7 @@ from .data.masks import find_mask
 from .errors import BloodmlError
 from .evaluation.groups import AGGREGATES, group_table
 from .evaluation.shift import ShiftProfile, descriptors, warning
+from .models.adaptation import adapt_batchnorm
 from .runtime import say
 from .segmentation.source import segmenter_for, with_masks_from
 from .serving.frames import probability_table
@@ -69,22 +72,53 @@ def collect_images(inputs: list[str | Path], pattern: str = "*", exclude: Path |
     return files
 
 
-def model_probabilities(model, spec: InputSpec, paths: list[str], mask_paths: list[str | None], batch: int = 32,
-                        mask_codes: str = "", shift: list | None = None) -> np.ndarray:
-    """Class probabilities (N, C) of a loaded bloodml model: each image read and masked as ``spec`` says, exactly
-    as in training. ``mask_codes`` overrides the codes stored with the model (another lab's masks); ``shift``, a
-    list, receives the images' domain-shift descriptors."""
+class InMemoryModel:
+    """A classifier in memory behind the logged model's interface: float32 network input -> probabilities."""
+
+    def __init__(self, model):
+        self.model = model.cpu().float().eval()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.model(torch.from_numpy(x)).numpy()
+
+
+def network_inputs(spec: InputSpec, paths: list[str], mask_paths: list[str | None], batch: int = 32,
+                   mask_codes: str = "", blur: float = 0.0):
+    """Batches of network input: each image read and masked as ``spec`` says, exactly as in training (``mask_codes``
+    overrides the codes stored with the model: another lab's masks), then blurred by ``blur`` (test_blur)."""
     if mask_codes:
         spec = replace(spec, mask_codes=mask_codes)
     segmenter = segmenter_for(spec)
-    parts = []
     for start in range(0, len(paths), batch):
         images, regions = load_batch(paths[start:start + batch], mask_paths[start:start + batch], spec, segmenter)
-        x = spec.network_input(images, regions)
+        yield sharpness_blur(spec.network_input(images, regions), blur)
+
+
+def model_probabilities(model, spec: InputSpec, paths: list[str], mask_paths: list[str | None], batch: int = 32,
+                        mask_codes: str = "", shift: list | None = None, blur: float = 0.0) -> np.ndarray:
+    """Class probabilities (N, C) of a loaded bloodml model on these images (see :func:`network_inputs`);
+    ``shift``, a list, receives the images' domain-shift descriptors."""
+    parts = []
+    for x in network_inputs(spec, paths, mask_paths, batch, mask_codes, blur):
         if shift is not None:
             shift.append(descriptors(x))
         parts.append(np.asarray(model.predict(x.numpy().astype(np.float32))))
     return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+def adapted_model(network, spec: InputSpec, paths: list[str], mask_paths: list[str | None], batch: int = 32,
+                  mask_codes: str = "", blur: float = 0.0) -> InMemoryModel:
+    """``network`` (a torch classifier) with its batch-norm statistics re-estimated on these images (AdaBN),
+    behind the logged model's interface; one line says what changed."""
+    if len(paths) < 2:
+        raise BloodmlError(f"adapt_bn needs at least 2 images to estimate batch-norm statistics from ({len(paths)} "
+                           f"given); pass more images or leave adapt_bn off.")
+    inputs = network_inputs(spec, paths, mask_paths, batch, mask_codes, blur)
+    adapted, layers = adapt_batchnorm(network.cpu().float(), inputs)
+    say(f"adapt_bn: batch-norm statistics of {layers} layers re-estimated on {len(paths)} images" if layers else
+        "adapt_bn: the model has no batch-norm layers; nothing to adapt")
+    return InMemoryModel(adapted)
 
 
 def masks_for(files: list[Path], spec: InputSpec, masks_dir: Path | None) -> list[str | None]:
@@ -148,13 +182,15 @@ def collect_inputs(inputs: list[str | Path], pattern: str, exclude: Path | None,
 def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Path | None = None,
                    batch: int = 32, pattern: str = "*", masks_from: str = "", segmenter: str = "",
                    image_column: str = "image", group_column: str = "",
-                   group_aggregate: str = "") -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                   group_aggregate: str = "", adapt_bn: bool = False,
+                   test_blur: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """One row per image: file, predicted_label, confidence and p_<class> for every class. A model trained with a
     segmenter uses it for images without a mask; ``masks_from``/``segmenter`` choose another source.
 
     With ``group_column`` (a column of the CSV listing the images, or ``folder``), each image's group too, and one
     row per group: its cells pooled by ``group_aggregate`` (default: as the model was trained) into one call.
-    Returns (cells, groups or None)."""
+    ``adapt_bn`` re-estimates the model's batch-norm statistics on these images first; ``test_blur`` blurs them
+    (Gaussian sigma in pixels of the network input). Returns (cells, groups or None)."""
     model, meta = load_model(reference)
     classes, spec, profile = model_facts(meta)
     spec = with_masks_from(spec, masks_from, segmenter)
@@ -164,9 +200,11 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     files, groups = collect_inputs(inputs, pattern, masks, image_column, group_column)
     if not files:
         raise BloodmlError(f"no images found in {', '.join(map(str, inputs))}; pass image files, folders or a CSV.")
+    paths, mask_paths = [str(f) for f in files], masks_for(files, spec, masks)
+    if adapt_bn:
+        model = adapted_model(load_model(reference, network=True)[0], spec, paths, mask_paths, batch, blur=test_blur)
     points: list = []
-    probabilities = model_probabilities(model, spec, [str(f) for f in files], masks_for(files, spec, masks), batch,
-                                        shift=points)
+    probabilities = model_probabilities(model, spec, paths, mask_paths, batch, shift=points, blur=test_blur)
     shift_check(profile, points)
     table = probability_table(probabilities, classes, label="predicted_label")
     table.insert(0, "file", [str(path) for path in files])

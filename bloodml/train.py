@@ -86,7 +86,7 @@ def settings_from(config: RunConfig) -> TrainSettings:
                          label_smoothing=config.label_smoothing, patience=config.patience,
                          min_delta=config.min_delta, seed=config.seed, restore_best=config.restore_best,
                          optimizer=config.optimizer, weight_decay=config.weight_decay, schedule=config.schedule,
-                         warmup=config.warmup)
+                         warmup=config.warmup, ema=config.ema)
 
 
 def positive_index(config: RunConfig, classes: list[str]) -> int | None:

@@ -168,3 +168,27 @@ def test_a_classifier_or_the_wrong_regions_are_refused_as_a_segmenter(make_wbc, 
                                 segmenter=f"runs:/{no_nucleus.run_id}/segmenter"))
     code, _, err = run_cli(capsys, "train", "--data", root, "--masks", "cell", "--masks_from", "auto")
     assert code == 2 and "masks_from=auto needs a segmenter" in err
+
+
+def test_one_cell_drops_a_bridged_neighbour_and_specks_keeps_lobes_and_fills_holes():
+    from bloodml.segmentation.cleanup import one_cell
+
+    yy, xx = np.mgrid[:64, :64]
+    regions = np.zeros((64, 64), np.uint8)
+    regions[(yy - 36) ** 2 + (xx - 30) ** 2 <= 12 ** 2] = 1  # the cell's cytoplasm
+    regions[(yy - 36) ** 2 + (xx - 30) ** 2 <= 5 ** 2] = 2  # its nucleus
+    regions[36, 38] = 0  # a hole in the cytoplasm
+    regions[(yy - 0) ** 2 + (xx - 30) ** 2 <= 8 ** 2] = 1  # a neighbour cut by the top border...
+    regions[7:25, 30] = 1  # ...joined to the cell by a one-pixel bridge
+    lobe = (yy - 36) ** 2 + (xx - 52) ** 2 <= 3 ** 2
+    regions[lobe] = 2  # a nucleus lobe apart from the cell (faint cytoplasm between)
+    regions[60, 5] = 2  # a speck of debris
+    tidy = one_cell(regions)
+    assert tidy[:5].sum() == 0  # the neighbour is gone with its bridge
+    assert tidy[36, 38] == 1  # the hole is cytoplasm
+    assert (tidy[lobe] == 2).all() and tidy[60, 5] == 0
+    inside = (yy - 36) ** 2 + (xx - 30) ** 2 <= 12 ** 2
+    kept = inside & (regions > 0)
+    assert np.array_equal(tidy[kept], regions[kept])  # the cell itself is untouched
+    empty = np.zeros((16, 16), np.uint8)
+    assert np.array_equal(one_cell(empty), empty)

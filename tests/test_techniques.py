@@ -202,3 +202,38 @@ def test_without_restore_best_the_last_epoch_is_kept():
     assert [r.val_loss for r in best[0].history] == [r.val_loss for r in last[0].history]  # same training
     if best[0].best_epoch != 6:
         assert not torch.equal(best[1]["linear.weight"], last[1]["linear.weight"])
+
+
+def test_ema_keeps_the_moving_average_of_the_weights_it_was_given():
+    torch.manual_seed(0)
+    features = torch.randn(1, 40, 8)
+    labels = (features[0, :, 0] > 0).long()
+    val, val_labels = torch.randn(10, 8), torch.randint(0, 2, (10,))
+    torch.manual_seed(1)
+    head = Head(8, 2)
+    start = {k: v.clone() for k, v in head.state_dict().items()}
+    settings = TrainSettings(epochs=4, batch_size=8, lr=0.5, seed=0, restore_best=False, ema=0.6)
+    trainer = HeadTrainer(head, features, labels, val, val_labels, 2, settings)
+    live = []
+    step = trainer.optimise
+
+    def recording(*args):
+        loss = step(*args)
+        live.append({k: v.clone() for k, v in head.state_dict().items()})
+        return loss
+    trainer.optimise = recording
+    fit(trainer, settings)
+    expected = start
+    for t, weights in enumerate(live, start=1):  # timm's warmed-up decay: 0 at the first step, then up to 0.6
+        decay = 0.0 if t == 1 else min(1 - t ** (-2 / 3), 0.6)
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in weights}
+    assert len(live) == 20
+    assert all(torch.allclose(head.state_dict()[k], expected[k], atol=1e-6) for k in expected)
+    assert not torch.allclose(head.state_dict()["linear.weight"], live[-1]["linear.weight"])  # not the last step's
+
+
+def test_ema_runs_with_fine_tuning_and_is_logged(make_wbc):
+    root = make_wbc(per_class=8)
+    result = run_training(build_config(None, tiny_overrides(root, finetune="all", epochs=2, ema=0.9, patience=0)))
+    import mlflow
+    assert mlflow.get_run(result.run_id).data.params["ema"] == "0.9"

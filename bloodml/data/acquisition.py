@@ -123,3 +123,16 @@ def _jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
         Image.fromarray(image).save(buffer, format="JPEG", quality=int(q))
         out.append(torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy()).permute(2, 0, 1).float())
     return torch.stack(out).to(device)
+
+
+def sharpness_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Network inputs (N,3,S,S) blurred with a Gaussian of ``sigma`` pixels, to match the sharpness of a blurrier
+    training instrument. A masked input is blurred inside its mask only (normalised convolution): the zeroed
+    background neither bleeds in nor gets blurred out."""
+    if sigma <= 0.05:
+        return x
+    size = 2 * math.ceil(3 * sigma) + 1
+    keep = (x.abs().sum(1, keepdim=True) > 0).to(x.dtype)
+    blurred = TF.gaussian_blur(x * keep, [size, size], [sigma, sigma])
+    weight = TF.gaussian_blur(keep, [size, size], [sigma, sigma])
+    return torch.where(keep > 0, blurred / weight.clamp_min(1e-6), torch.zeros_like(x))

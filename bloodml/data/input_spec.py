@@ -16,6 +16,7 @@ import torch
 
 from ..errors import BloodmlError
 from .masks import CROP_MODES, MASK_LOOKUP, MASK_MODES, parse_mask_codes
+from .stain import REFERENCE_MATRIX, REFERENCE_MAX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,6 +50,8 @@ class InputSpec:
     std: tuple[float, ...] = IMAGENET_STD
     reference_mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # Reinhard target (fitted on training)
     reference_std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    stain_matrix: tuple[float, ...] = REFERENCE_MATRIX  # Macenko target stain vectors, 3x2 row-major (fitted)
+    stain_max: tuple[float, ...] = REFERENCE_MAX  # Macenko target maximal concentrations (fitted on training)
 
     def __post_init__(self):
         if self.mask_mode not in MASK_MODES:
@@ -84,7 +87,7 @@ class InputSpec:
         return parse_mask_codes(self.mask_codes) if self.mask_codes else None
 
     def fitted(self, **statistics) -> "InputSpec":
-        """A copy with statistics fitted on the training split (mean, std, reference_mean, reference_std)."""
+        """A copy with statistics fitted on the training split (mean, std, the Reinhard and Macenko targets)."""
         return replace(self, **{k: tuple(float(x) for x in v) for k, v in statistics.items()})
 
     def network_input(self, images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

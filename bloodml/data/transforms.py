@@ -16,6 +16,7 @@ from torch import nn
 
 from .acquisition import Acquisition
 from .input_spec import InputSpec
+from .stain import fit_reference, macenko
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("reference_mean", torch.tensor(spec.reference_mean, dtype=torch.float32))
         self.register_buffer("reference_std", torch.tensor(spec.reference_std, dtype=torch.float32))
+        self.register_buffer("stain_matrix", torch.tensor(spec.stain_matrix, dtype=torch.float32).view(3, 2))
+        self.register_buffer("stain_max", torch.tensor(spec.stain_max, dtype=torch.float32))
 
     def colour(self, x: torch.Tensor) -> torch.Tensor:
         """Stain normalisation then colour-space conversion (everything before the final normalisation)."""
@@ -156,6 +159,8 @@ class Preprocess(nn.Module):
             lab = (lab - mean[..., None, None]) / std[..., None, None]
             lab = lab * self.reference_std.view(1, 3, 1, 1) + self.reference_mean.view(1, 3, 1, 1)
             x = _lab_to_rgb(lab) * weight
+        elif self.stain_norm == "macenko":
+            x = macenko(x, self.stain_matrix, self.stain_max)
         if self.color_space == "bgr":
             x = x.flip(1)
         elif self.color_space == "gray":
@@ -175,13 +180,15 @@ class Preprocess(nn.Module):
 
 def fit_input_spec(spec: InputSpec, train_images: torch.Tensor, batch: int = 256) -> InputSpec:
     """``spec`` with every statistic its preprocessing needs fitted on ``train_images`` (float [0,1], the
-    training split's network input) only: the Reinhard reference, dataset normalisation; BGR reorders the
+    training split's network input) only: the Reinhard or Macenko reference, dataset normalisation; BGR reorders the
     backbone's statistics (Keras VGG's convention)."""
     statistics = {}
     if spec.stain_norm == "reinhard":
         stats = [_masked_mean_std(_rgb_to_lab(chunk), _foreground(chunk)) for chunk in train_images.split(batch)]
         statistics["reference_mean"] = torch.cat([m for m, _ in stats]).mean(0).tolist()
         statistics["reference_std"] = torch.cat([s for _, s in stats]).mean(0).tolist()
+    if spec.stain_norm == "macenko":
+        statistics["stain_matrix"], statistics["stain_max"] = fit_reference(train_images)
     if spec.color_space == "bgr":
         statistics["mean"], statistics["std"] = spec.mean[::-1], spec.std[::-1]
     spec = spec.fitted(**statistics)

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from ..models.registry import Backbone
+from .cleanup import one_cell
 
 N_REGIONS = 3  # background, cytoplasm, nucleus
 
@@ -82,7 +83,8 @@ def full_size(labels: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
 
 
 class LoadedSegmenter:
-    """An RGB image (H,W,3) uint8 -> its region map (H,W) uint8, through a logged segmenter."""
+    """An RGB image (H,W,3) uint8 -> its region map (H,W) uint8, through a logged segmenter (one cell kept:
+    :func:`one_cell`)."""
 
     def __init__(self, predict, image_size: int, uri: str, regions: list[str], trained_on: list[str]):
         self.predict, self.image_size, self.uri = predict, int(image_size), uri
@@ -90,7 +92,7 @@ class LoadedSegmenter:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         logits = np.asarray(self.predict(to_input(rgb, self.image_size).numpy()))
-        return full_size(logits.argmax(1)[0].astype(np.uint8), rgb.shape[:2])
+        return full_size(one_cell(logits.argmax(1)[0].astype(np.uint8)), rgb.shape[:2])
 
     def __repr__(self) -> str:
         return f"segmenter {self.uri}"

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..compute import CPU, Compute
 from ..data.dataset import ImageSet
 from ..data.transforms import Augmentation
+from .cleanup import one_cell
 from .network import CellSegmenter
 from .scores import per_image
 
@@ -29,7 +30,8 @@ class SegmentSettings:
 
 @torch.no_grad()
 def predict_regions(model: CellSegmenter, images: torch.Tensor, batch: int = 32, compute: Compute = CPU) -> torch.Tensor:
-    """uint8 images (N,3,S,S) -> region maps (N,S,S) uint8 (argmax over background / cytoplasm / nucleus)."""
+    """uint8 images (N,3,S,S) -> region maps (N,S,S) uint8 (argmax over background / cytoplasm / nucleus, one
+    cell kept per image as the logged segmenter gives it: :func:`one_cell`)."""
     model.eval().to(compute.device)
     out = []
     for start in range(0, len(images), batch):
@@ -37,7 +39,8 @@ def predict_regions(model: CellSegmenter, images: torch.Tensor, batch: int = 32,
         n = len(x)
         with compute.autocast():
             logits = model(compute.padded(x, batch))[:n]
-        out.append(logits.float().argmax(1).to(torch.uint8).cpu())
+        maps = logits.float().argmax(1).to(torch.uint8).cpu().numpy()
+        out.append(torch.from_numpy(np.stack([one_cell(m) for m in maps])))
     return torch.cat(out) if out else torch.zeros((0, *images.shape[-2:]), dtype=torch.uint8)
 
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..config import RunConfig, build_config
 from ..data.prepare import read_labelled
 from ..errors import BloodmlError
-from ..predict import model_probabilities
+from ..predict import InMemoryModel, adapted_model, model_probabilities
 from ..evaluation.shift import ShiftProfile
 from ..scoring import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from, mcc_from
 
@@ -35,20 +34,11 @@ def load_test_sets(paths: list[str], overrides: dict | None = None) -> list[Test
     return sets
 
 
-class InMemoryModel:
-    """A trained classifier behind the logged model's interface: float32 network input -> probabilities."""
-
-    def __init__(self, model):
-        self.model = model.cpu().float().eval()
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.model(torch.from_numpy(x)).numpy()
-
-
-def score_on(model, classes: list[str], test: TestSet, profile: ShiftProfile | None) -> tuple[dict[str, float], str]:
+def score_on(model, classes: list[str], test: TestSet, profile: ShiftProfile | None, adapt_bn: bool = False,
+             blur: float = 0.0) -> tuple[dict[str, float], str]:
     """Scores of ``model`` on one test dataset (its images without a mask left out when the model needs one and
-    has no segmenter), and a note saying what was left out."""
+    has no segmenter), and a note saying what was left out. ``adapt_bn``: batch-norm statistics re-estimated on
+    the test images first (AdaBN); ``blur``: the test images blurred (test_blur)."""
     spec = model.spec
     table = test.table
     unknown = sorted(set(table["label"]) - set(classes))
@@ -61,9 +51,12 @@ def score_on(model, classes: list[str], test: TestSet, profile: ShiftProfile | N
         if (~has).any():
             note = f"{test.name}: {int((~has).sum())} image(s) without a mask left out of masks={spec.mask_mode}"
             table = table.loc[has]
+    paths, mask_paths = list(table["path"]), list(table["mask_path"])
+    scorer = (adapted_model(model, spec, paths, mask_paths, mask_codes=test.config.mask_codes, blur=blur)
+              if adapt_bn else InMemoryModel(model))
     points: list = []
-    probabilities = model_probabilities(InMemoryModel(model), spec, list(table["path"]), list(table["mask_path"]),
-                                        mask_codes=test.config.mask_codes, shift=points)
+    probabilities = model_probabilities(scorer, spec, paths, mask_paths, mask_codes=test.config.mask_codes,
+                                        shift=points, blur=blur)
     truth = np.array([classes.index(label) for label in table["label"]])
     cm = confusion_counts(truth, probabilities.argmax(1), len(classes))
     scores = {"accuracy": accuracy_from(cm), "balanced_accuracy": balanced_accuracy_from(cm),

@@ -136,7 +136,8 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
             per_metric.setdefault("in_domain_macro_f1", []).append(scores["macro_f1"])
             crossed = {}
             for index, test in enumerate(tests):
-                values, note = score_on(result.model, result.classes, test, result.shift_profile)
+                values, note = score_on(result.model, result.classes, test, result.shift_profile, config.adapt_bn,
+                                        config.test_blur)
                 if note and fold is folds[0]:
                     say(f"note: {note}")
                 crossed.update({f"cross_{test.name}_{k}": v for k, v in values.items()})

@@ -17,13 +17,22 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from ..errors import BloodmlError
+from ..data.hashing import file_sha256
+from ..data.input_spec import InputSpec
 from ..models.classifier import BloodCellClassifier
+from ..models.head import Head
+from ..models.registry import create_backbone
 from .registry import model_uri, source_run
 
 HASH_TAG = "bloodml.model_sha256"
 SEGMENTER = "segmenter"  # metadata bloodml_kind of a segmenter
 # Written by MLflow into the model folder when a version is registered: bookkeeping, not model content.
 UNHASHED = {"registered_model_meta"}
+# The classifier's weights beside its PT2 graph, as a run artefact whose SHA-256 the model's metadata records (so
+# the model's own hash covers them, and neither the model folder nor the served image_model carries them): the
+# module is rebuilt from the registry and these weights where the graph cannot serve (AdaBN re-estimates
+# batch-norm statistics, which a PT2 graph in eval form has frozen).
+WEIGHTS = "model_weights/state_dict.pt"
 
 
 def model_metadata(model: BloodCellClassifier, extra: dict | None = None) -> dict:
@@ -35,7 +44,13 @@ def model_metadata(model: BloodCellClassifier, extra: dict | None = None) -> dic
 def log_model(model: BloodCellClassifier, example: torch.Tensor, extra_metadata: dict | None = None):
     """Log as a PT2 graph (``torch.export``: loading runs no pickled code) with signature, input example,
     explicit requirements (no inference subprocess) and the input specification/class names as metadata."""
-    return _log_pt2(model, "model", example, model_metadata(model, extra_metadata))
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / Path(WEIGHTS).name
+        torch.save(model.state_dict(), state)
+        weights = {"weights": {"artifact": WEIGHTS, "sha256": file_sha256(state)}}
+        info = _log_pt2(model, "model", example, model_metadata(model, {**(extra_metadata or {}), **weights}))
+        mlflow.log_artifact(str(state), str(Path(WEIGHTS).parent))
+    return info
 
 
 def _log_pt2(model, name: str, example: torch.Tensor, metadata: dict):
@@ -91,9 +106,10 @@ def load_segmenter(reference: str):
     return model, meta
 
 
-def load_model(reference: str):
-    """A classifier: (pyfunc model, its metadata); a segmenter or foreign model is refused with one line."""
-    model, meta = _load(reference, "model")
+def load_model(reference: str, network: bool = False):
+    """A classifier: (pyfunc model, its metadata); a segmenter or foreign model is refused with one line. With
+    ``network``, (torch module rebuilt from its logged weights, its metadata) instead."""
+    model, meta = _load(reference, "model", network)
     if meta.get("bloodml_kind") == SEGMENTER:
         raise BloodmlError(f"model '{reference}' is a segmenter, not a classifier; pass it as "
                            f"--masks_from model:{reference} instead.")
@@ -102,9 +118,9 @@ def load_model(reference: str):
     return model, meta
 
 
-def _load(reference: str, artifact: str):
+def _load(reference: str, artifact: str, network: bool = False):
     """Download a bloodml model, check its files against the hash recorded at training time, then load it.
-    Returns (pyfunc model, its metadata)."""
+    Returns (pyfunc model, its metadata); with ``network``, the torch module instead of the pyfunc model."""
     uri = model_uri(reference, artifact)
     hint = ("pass models:/<name>@<alias>, runs:/<run_id>/model or a run ID, with MLFLOW_TRACKING_URI set to "
             "its store.")
@@ -119,7 +135,31 @@ def _load(reference: str, artifact: str):
             # Exported on the CPU (PT2 weights cannot move between devices): load it there even where MLflow
             # would pick a GPU by default.
             model = mlflow.pyfunc.load_model(str(local), model_config={"device": "cpu"})
+            meta = model.metadata.metadata or {}
+            if network:
+                model = rebuilt_network(reference, run_id, meta, Path(tmp))
     except (MlflowException, OSError) as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise BloodmlError(f"model '{reference}' could not be loaded ({first}); {hint}")
-    return model, (model.metadata.metadata or {})
+    return model, meta
+
+
+def rebuilt_network(reference: str, run_id: str | None, meta: dict, tmp: Path) -> BloodCellClassifier:
+    """The classifier as a torch module: its backbone rebuilt from the registry (no weights downloaded) and the
+    weights its run logged beside the graph loaded into it (checked against the SHA-256 in the model's metadata;
+    tensors only: nothing is unpickled)."""
+    weights = meta.get("weights") or {}
+    if not run_id or not weights.get("artifact") or "backbone" not in meta:
+        raise BloodmlError(f"model '{reference}' has no weights beside its graph (it was logged before bloodml kept "
+                           f"them); retrain it to use --adapt-bn.")
+    state = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=weights["artifact"],
+                                                     dst_path=str(tmp / "weights")))
+    if file_sha256(state) != weights.get("sha256"):
+        raise BloodmlError(f"model '{reference}': its weights differ from those recorded when it was trained "
+                           f"(SHA-256 mismatch); refusing to load them. Re-log or re-register the model.")
+    classes = list(meta["class_names"])
+    backbone = create_backbone(meta["backbone"], pretrained=False)
+    model = BloodCellClassifier(InputSpec.from_metadata(meta), backbone, Head(backbone.feature_dim, len(classes)),
+                                classes, tta=str(meta.get("tta", "false")).lower() == "true")
+    model.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
+    return model.eval()

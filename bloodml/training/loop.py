@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from ..compute import CPU, Compute
@@ -48,6 +50,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant, onecycle or cosine (per batch)
     warmup: float = 0.0  # share of all steps spent warming up (onecycle, cosine)
+    ema: float = 0.0  # decay of the exponential moving average of the trained weights, per step (0: off)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,33 @@ class _Trainer:
         self.scaler = compute.scaler()
         self.schedule = None
         self.drop_last = False  # FinetuneTrainer: one batch shape, and no batch of one image in batch norm
+        self.ema, self.ema_steps = None, 0
         head.to(compute.device)
+
+    def averaged_module(self) -> nn.Module:
+        """The module whose weights are trained (and averaged with ``ema``)."""
+        return self.head
+
+    def start_weight_average(self) -> None:
+        """With ``settings.ema``, an exponential moving average of the trained weights (timm's ModelEmaV3, warmed
+        up so a short run does not average its first, untrained steps)."""
+        if self.settings.ema > 0:
+            self.ema = ModelEmaV3(self.averaged_module(), decay=self.settings.ema, use_warmup=True)
+
+    @contextmanager
+    def averaged(self):
+        """Inside, the modules hold the averaged weights (validation, the state early stopping keeps); the live
+        weights come back on leaving. Without ``ema``, nothing changes."""
+        if self.ema is None:
+            yield
+            return
+        live = self.averaged_module()
+        backup = {k: v.detach().clone() for k, v in live.state_dict().items()}
+        live.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            live.load_state_dict(backup)
 
     def set_optimiser(self, groups: list[dict]) -> None:
         self.optimiser = make_optimiser(groups, self.settings)
@@ -151,6 +180,9 @@ class _Trainer:
         self.scaler.update()
         if self.schedule is not None:
             self.schedule.step()
+        if self.ema is not None:
+            self.ema_steps += 1
+            self.ema.update(self.averaged_module(), step=self.ema_steps)
         return loss.detach()
 
     def checkpoint_state(self) -> dict:
@@ -159,6 +191,8 @@ class _Trainer:
                  "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
+        if self.ema is not None:
+            state["ema"] = {"weights": self.ema.module.state_dict(), "steps": self.ema_steps}
         return state
 
     def load_checkpoint_state(self, state: dict) -> None:
@@ -166,6 +200,9 @@ class _Trainer:
         self.optimiser.load_state_dict(state["optimiser"])
         if self.schedule is not None and "schedule" in state:
             self.schedule.load_state_dict(state["schedule"])
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"]["weights"])
+            self.ema_steps = state["ema"]["steps"]
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
 
@@ -187,6 +224,7 @@ class HeadTrainer(_Trainer):
         self.train_features, self.val_features = compute.put(train_features), compute.put(val_features)
         self.val_labels = val_labels
         self.set_optimiser([{"params": list(head.parameters()), "lr": settings.lr}])
+        self.start_weight_average()
 
     def trained_parameters(self):
         return list(self.head.parameters())
@@ -239,6 +277,7 @@ class NaiveHeadTrainer(HeadTrainer):
             backbone.to(compute.device), preprocess.to(compute.device), view_images, spec, val)
         self.val_labels = val.labels
         self.set_optimiser([{"params": list(head.parameters()), "lr": settings.lr}])
+        self.start_weight_average()
 
     @property
     def views(self) -> int:
@@ -288,6 +327,11 @@ class FinetuneTrainer(_Trainer):
         self.set_optimiser([{"params": list(head.parameters()), "lr": settings.lr},
                             {"params": self.unfrozen, "lr": settings.lr * backbone_lr_factor}])
         self.backbone.to(memory_format=torch.channels_last)
+        self.modules_trained = nn.ModuleDict({"backbone": backbone, "head": head})
+        self.start_weight_average()
+
+    def averaged_module(self) -> nn.Module:
+        return self.modules_trained
 
     def trained_parameters(self):
         return list(self.head.parameters()) + [p for p in self.unfrozen if p.requires_grad]
@@ -356,7 +400,7 @@ def fit(trainer, settings: TrainSettings, on_epoch: Callable[[EpochRecord], None
     ``resume`` is such a state: training continues after its epoch exactly as if it had never stopped."""
     stopper = EarlyStopping(settings.patience, settings.min_delta)
     history: list[EpochRecord] = []
-    first = 1
+    first, evaluated = 1, None
     if resume:
         trainer.load_checkpoint_state(resume["trainer"])
         for key, value in resume["stopper"].items():
@@ -368,10 +412,12 @@ def fit(trainer, settings: TrainSettings, on_epoch: Callable[[EpochRecord], None
     for epoch in range(first, settings.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = trainer.train_epoch(epoch)
-        scores = trainer.validate()
+        with trainer.averaged():  # with ema: validated and kept for early stopping as averaged weights
+            scores = trainer.validate()
+            evaluated = trainer.state()
         record = EpochRecord(epoch, train_loss, train_acc, seconds=time.perf_counter() - start, **scores)
         history.append(record)
-        stop = stopper.step(epoch, record.val_loss, trainer.state())
+        stop = stopper.step(epoch, record.val_loss, evaluated)
         if checkpoint:
             checkpoint({"epoch": epoch, "stopped": stop, "trainer": trainer.checkpoint_state(),
                         "stopper": {"best_loss": stopper.best_loss, "best_epoch": stopper.best_epoch,
@@ -383,4 +429,6 @@ def fit(trainer, settings: TrainSettings, on_epoch: Callable[[EpochRecord], None
             break
     if settings.restore_best:
         trainer.load_state(stopper.best_state)
+    elif trainer.ema is not None and evaluated is not None:
+        trainer.load_state(evaluated)  # the last epoch's averaged weights
     return FitResult(history, stopper.best_epoch, history[-1].epoch, stopper.best_loss)
