@@ -124,3 +124,16 @@ def test_adapt_bn_refuses_a_model_without_weights_and_tampered_weights_in_one_li
     old = run_training(build_config(None, tiny_overrides(root, epochs=1, gradcam_samples=0)))
     code, out, err = run_cli(capsys, "predict", "-m", old.run_id, *images)
     assert code != 0 and "has no weights beside its graph" in out + err and "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("test_blur", "11", "test_blur=11.0 is out of range"),
+    ("ema", "1.5", "ema=1.5 is out of range"),
+    ("stain_norm", "vahadane", "stain_norm='vahadane' is not allowed"),
+    ("adapt_bn", "maybe", "adapt_bn='maybe' is not a valid bool"),
+])
+def test_the_new_parameters_refuse_bad_values_in_one_line(name, value, message):
+    from bloodml.errors import BloodmlError
+
+    with pytest.raises(BloodmlError, match=message):
+        build_config(None, {name: value})
