@@ -19,7 +19,6 @@ from .scoring import confusion_counts
 from .segmentation.source import with_masks_from
 from .runtime import say
 from .tracking.registry import model_uri, source_run
-from .tracking.model import load_model
 from .tracking.runs import get_run, log_metrics, log_params, log_table, training_run
 from .tracking.store import configure_tracking
 from .train import positive_index
@@ -38,7 +37,7 @@ def relabelled(table: pd.DataFrame, label_map: str, classes: list[str], data: st
 
 def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32) -> dict[str, float]:
     configure_tracking()
-    model, classes, spec, profile = loaded_model(reference)
+    model, classes, spec, profile = loaded_model(reference, network=config.adapt_bn)
     spec = with_masks_from(spec, config.masks_from, config.segmenter)
     table, fmt, root, notes = read_labelled(config)
     table = relabelled(table, label_map, classes, config.data)
@@ -46,8 +45,7 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
     require_masks(table, spec.mask_mode, spec.masks_from)
     paths, mask_paths = list(table["path"]), list(table["mask_path"])
     if config.adapt_bn:
-        model = adapted_model(load_model(reference, network=True)[0], spec, paths, mask_paths, batch,
-                              config.mask_codes, config.test_blur)
+        model = adapted_model(model, spec, paths, mask_paths, batch, config.mask_codes, config.test_blur)
     points: list = []
     probabilities = model_probabilities(model, spec, paths, mask_paths, batch, config.mask_codes, shift=points,
                                         blur=config.test_blur)

@@ -33,9 +33,10 @@ def model_facts(meta: dict) -> tuple[list[str], InputSpec, ShiftProfile | None]:
     return list(meta["class_names"]), InputSpec.from_metadata(meta), ShiftProfile.from_dict(meta.get("shift_profile"))
 
 
-def loaded_model(reference: str):
-    """(pyfunc model, class names, input spec, its domain-shift profile or None) of a bloodml model."""
-    model, meta = load_model(reference)
+def loaded_model(reference: str, network: bool = False):
+    """(pyfunc model, class names, input spec, its domain-shift profile or None) of a bloodml model; with
+    ``network``, the torch module rebuilt from its logged weights instead of the pyfunc model."""
+    model, meta = load_model(reference, network)
     return (model, *model_facts(meta))
 
 
@@ -115,7 +116,7 @@ def adapted_model(network, spec: InputSpec, paths: list[str], mask_paths: list[s
         raise BloodmlError(f"adapt_bn needs at least 2 images to estimate batch-norm statistics from ({len(paths)} "
                            f"given); pass more images or leave adapt_bn off.")
     inputs = network_inputs(spec, paths, mask_paths, batch, mask_codes, blur)
-    adapted, layers = adapt_batchnorm(network.cpu().float(), inputs)
+    adapted, layers = adapt_batchnorm(network.cpu().float().eval(), inputs)
     say(f"adapt_bn: batch-norm statistics of {layers} layers re-estimated on {len(paths)} images" if layers else
         "adapt_bn: the model has no batch-norm layers; nothing to adapt")
     return InMemoryModel(adapted)
@@ -191,7 +192,7 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     row per group: its cells pooled by ``group_aggregate`` (default: as the model was trained) into one call.
     ``adapt_bn`` re-estimates the model's batch-norm statistics on these images first; ``test_blur`` blurs them
     (Gaussian sigma in pixels of the network input). Returns (cells, groups or None)."""
-    model, meta = load_model(reference)
+    model, meta = load_model(reference, network=adapt_bn)
     classes, spec, profile = model_facts(meta)
     spec = with_masks_from(spec, masks_from, segmenter)
     masks = Path(masks_dir) if masks_dir else None
@@ -202,7 +203,7 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
         raise BloodmlError(f"no images found in {', '.join(map(str, inputs))}; pass image files, folders or a CSV.")
     paths, mask_paths = [str(f) for f in files], masks_for(files, spec, masks)
     if adapt_bn:
-        model = adapted_model(load_model(reference, network=True)[0], spec, paths, mask_paths, batch, blur=test_blur)
+        model = adapted_model(model, spec, paths, mask_paths, batch, blur=test_blur)
     points: list = []
     probabilities = model_probabilities(model, spec, paths, mask_paths, batch, shift=points, blur=test_blur)
     shift_check(profile, points)

@@ -102,10 +102,14 @@ def _hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", matrix, x)
 
 
+def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    size = 2 * math.ceil(3 * sigma) + 1  # the kernel covers +/- 3 sigma
+    return TF.gaussian_blur(x, [size, size], [sigma, sigma])
+
+
 def _blur_resample(image: torch.Tensor, sigma: float, factor: float) -> torch.Tensor:
     if sigma > 0.05:
-        size = 2 * math.ceil(3 * sigma) + 1
-        image = TF.gaussian_blur(image, [size, size], [sigma, sigma])
+        image = _gaussian(image, sigma)
     if factor < 0.99:
         h, w = image.shape[-2:]
         small = F.interpolate(image[None], size=(max(1, round(h * factor)), max(1, round(w * factor))),
@@ -131,8 +135,6 @@ def sharpness_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     background neither bleeds in nor gets blurred out."""
     if sigma <= 0.05:
         return x
-    size = 2 * math.ceil(3 * sigma) + 1
     keep = (x.abs().sum(1, keepdim=True) > 0).to(x.dtype)
-    blurred = TF.gaussian_blur(x * keep, [size, size], [sigma, sigma])
-    weight = TF.gaussian_blur(keep, [size, size], [sigma, sigma])
+    blurred, weight = _gaussian(x * keep, sigma), _gaussian(keep, sigma)
     return torch.where(keep > 0, blurred / weight.clamp_min(1e-6), torch.zeros_like(x))

@@ -137,12 +137,13 @@ def _load(reference: str, artifact: str, network: bool = False):
             if expected and directory_sha256(local) != expected:
                 raise BloodmlError(f"model '{reference}': its files differ from those recorded when it was trained "
                                    f"(SHA-256 mismatch); refusing to load them. Re-log or re-register the model.")
+            if network:  # the torch module only: the graph is not loaded
+                meta = mlflow.models.Model.load(str(local)).metadata or {}
+                return rebuilt_network(reference, run_id, meta, Path(tmp)), meta
             # Exported on the CPU (PT2 weights cannot move between devices): load it there even where MLflow
             # would pick a GPU by default.
             model = mlflow.pyfunc.load_model(str(local), model_config={"device": "cpu"})
             meta = model.metadata.metadata or {}
-            if network:
-                model = rebuilt_network(reference, run_id, meta, Path(tmp))
     except (MlflowException, OSError) as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise BloodmlError(f"model '{reference}' could not be loaded ({first}); {hint}")
