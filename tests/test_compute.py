@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bloodml.compute import Compute, resolve
+from bloodml.compute import Compute, resolve, send
 from bloodml.config import build_config
 from bloodml.data.transforms import build_augmentation
 from bloodml.errors import BloodmlError
@@ -199,3 +199,13 @@ def test_fine_tuning_takes_full_batches_only_and_its_schedule_matches():
         loss, accuracy = trainer.train_epoch(epoch)
         assert np.isfinite(loss) and 0 <= accuracy <= 1
     assert trainer.schedule.last_epoch == 4  # two steps per epoch, two epochs: the schedule's very end
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if HAS_CUDA else []))
+def test_send_copies_values_and_dtype_to_the_device(device):
+    host = torch.tensor([[0.5, -1.25], [3.0, 7.5]], dtype=torch.float64)
+    sent = send(host, torch.device(device), torch.float32)
+    assert sent.device.type == device and sent.dtype == torch.float32
+    assert torch.equal(sent.cpu(), host.float())  # the non-blocking copy has landed by the time it is read
+    assert torch.equal(send(host, torch.device(device)).cpu(), host)  # no dtype: kept
+    assert torch.equal(host, torch.tensor([[0.5, -1.25], [3.0, 7.5]], dtype=torch.float64))  # source untouched

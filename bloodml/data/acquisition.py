@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from ..compute import send
+
 # Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB), rows in optical-density RGB (skimage.color.rgb2hed).
 _HED_FROM_RGB_INV = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
 _RGB_FROM_HED = _HED_FROM_RGB_INV / _HED_FROM_RGB_INV.norm(dim=1, keepdim=True)
@@ -57,7 +59,7 @@ class Acquisition:
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """float images (N,3,H,W) in [0,255] -> the same, with the acquisition changes applied."""
         device = images.device
-        p = {k: v.to(device=device, dtype=torch.float32) for k, v in params.items()}
+        p = {k: send(v, device, torch.float32) for k, v in params.items()}
         x = images / 255.0
         if self.gain:
             x = x * p["gain"][:, :, None, None]
@@ -65,7 +67,7 @@ class Acquisition:
             x = _hed_jitter(x.clamp(0, 1), p["hed_scale"], p["hed_shift"])
         if self.hue:
             x = _hue_rotate(x, p["hue"])
-        grey = (x * _GREY.to(device)[None, :, None, None]).sum(1, keepdim=True)
+        grey = (x * send(_GREY, device)[None, :, None, None]).sum(1, keepdim=True)
         if self.saturation:
             x = grey + p["saturation"][:, None, None, None] * (x - grey)
         if self.grey:
@@ -76,24 +78,24 @@ class Acquisition:
             x = x.clamp_min(1e-6) ** p["gamma"][:, None, None, None]
         if self.blur or self.resample:
             x = torch.stack([_blur_resample(img, float(s), float(f)) for img, s, f in
-                             zip(x, p["blur"], p["resample"])])
+                             zip(x, params["blur"].float(), params["resample"].float())])  # host: no wait
         x = x.mul(255.0)
         if self.jpeg:
-            x = _jpeg(x, p["jpeg"])
+            x = _jpeg(x, params["jpeg"])
         return x
 
 
 def _hed_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     od = -torch.log(x.clamp_min(1e-6))
-    to_hed = _HED_FROM_RGB.to(device=x.device, dtype=x.dtype)
-    to_rgb = _RGB_FROM_HED.to(device=x.device, dtype=x.dtype)
+    to_hed = send(_HED_FROM_RGB, x.device, x.dtype)
+    to_rgb = send(_RGB_FROM_HED, x.device, x.dtype)
     concentrations = torch.einsum("nchw,cd->ndhw", od, to_hed)
     concentrations = concentrations * scale[:, :, None, None] + shift[:, :, None, None]
     return torch.exp(-torch.einsum("ndhw,dc->nchw", concentrations, to_rgb))
 
 
 def _hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    yiq = _YIQ.to(device=x.device, dtype=x.dtype)
+    yiq = send(_YIQ, x.device, x.dtype)
     cos, sin = torch.cos(angle), torch.sin(angle)
     rotation = torch.zeros(len(angle), 3, 3, device=x.device, dtype=x.dtype)
     rotation[:, 0, 0] = 1
@@ -122,11 +124,11 @@ def _jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """JPEG round trip per image at its quality (on the CPU; back to the images' device)."""
     device = x.device
     out = []
-    for image, q in zip(x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy(), quality.cpu()):
+    for image, q in zip(x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy(), quality):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=int(q))
         out.append(torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy()).permute(2, 0, 1).float())
-    return torch.stack(out).to(device)
+    return send(torch.stack(out), device)
 
 
 def sharpness_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 import torch
 
+from ..compute import send
 from ..errors import BloodmlError
 from .masks import CROP_MODES, MASK_LOOKUP, MASK_MODES, parse_mask_codes
 from .stain import REFERENCE_MATRIX, REFERENCE_MAX
@@ -29,7 +30,7 @@ def apply_mask(images: torch.Tensor, regions: torch.Tensor, mode: str) -> torch.
     keep = MASK_MODES[mode]
     if keep is None:
         return images
-    inside = torch.isin(regions, torch.tensor(keep, dtype=regions.dtype, device=regions.device))
+    inside = torch.isin(regions, send(torch.tensor(keep, dtype=regions.dtype), regions.device))
     return images * inside.unsqueeze(1).to(images.dtype)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compute import send
 from .acquisition import Acquisition
 from .input_spec import InputSpec
 from .stain import fit_reference, macenko
@@ -61,10 +62,10 @@ class Augmentation:
         flips = torch.stack([torch.where(params["hflip"], -1.0, 1.0), torch.where(params["vflip"], -1.0, 1.0)], -1)
         a = a * flips.to(a.dtype)[:, None, :]
         theta = torch.cat([a, torch.stack([params["tx"], params["ty"]], -1)[:, :, None]], dim=2)
-        theta = theta.to(device=images.device, dtype=torch.float32)
+        theta = send(theta, images.device, torch.float32)
         grid = F.affine_grid(theta, [n, 3, *images.shape[-2:]], align_corners=False)
         moved = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        moved = moved * params["brightness"].to(device=images.device, dtype=torch.float32)[:, None, None, None]
+        moved = moved * send(params["brightness"], images.device, torch.float32)[:, None, None, None]
         if self.acquisition is not None and self.acquisition.active:
             moved = self.acquisition.apply(moved.clamp(0, 255), {k[4:]: v for k, v in params.items()
                                                                  if k.startswith("acq_")})

@@ -82,7 +82,7 @@ def fit_segmenter(model: CellSegmenter, train: ImageSet, val: ImageSet, augmenta
         order = rng.permutation(len(train))
         losses = []
         for b in range(steps):  # full batches only: one shape, and never one image in batch norm
-            index = torch.as_tensor(order[b * settings.batch_size:(b + 1) * settings.batch_size], device=images.device)
+            index = compute.put(torch.as_tensor(order[b * settings.batch_size:(b + 1) * settings.batch_size]))
             x, y = compute.put(images[index]), compute.put(regions[index])
             if augmentation is not None:
                 x, y = augmentation(x, y, draws)

@@ -161,7 +161,9 @@ class _Trainer:
     def trained_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
 
-    def regularisation(self) -> torch.Tensor:
+    def regularisation(self) -> torch.Tensor | float:
+        if not (self.settings.l1 or self.settings.l2):  # the common case: no list of parameters walked per step
+            return 0.0
         return penalty(penalised(self.trained_parameters()), self.settings.l1, self.settings.l2)
 
     def batches(self) -> list[np.ndarray]:
@@ -247,8 +249,8 @@ class HeadTrainer(_Trainer):
         return self.train_features.shape[0]
 
     def batch_features(self, view: np.ndarray, index: np.ndarray) -> torch.Tensor:
-        device = self.train_features.device
-        return self.train_features[torch.as_tensor(view, device=device), torch.as_tensor(index, device=device)]
+        put = self.compute.put  # no wait for the device (a plain copy to a GPU would)
+        return self.train_features[put(torch.as_tensor(view)), put(torch.as_tensor(index))]
 
     def validation_features(self) -> torch.Tensor:
         return self.val_features
@@ -358,7 +360,7 @@ class FinetuneTrainer(_Trainer):
         draws = torch.Generator().manual_seed(self.settings.seed * 1000 + epoch)  # augmentation, same on any device
         losses, sizes, correct = [], [], 0
         for index in self.batches():
-            idx = torch.as_tensor(index, device=self.train.images.device)
+            idx = self.compute.put(torch.as_tensor(index))  # a plain copy to a GPU would wait for the last step
             images, regions = self.compute.put(self.train.images[idx]), self.compute.put(self.train.regions[idx])
             if self.transform is not None:  # on the device, the whole batch at once
                 images, regions = self.transform(images, regions, draws)
