@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from bloodml.errors import BloodmlError
-from bloodml.study.protocol import repeated_group_kfold
+from bloodml.study.protocol import repeated_group_kfold, validation_seed, with_validation_share
 from bloodml.study.runner import run_study
 from bloodml.study.spec import load_study
 from bloodml.study.statistics import compare, corrected_resampled_t
@@ -55,6 +55,51 @@ def test_repeated_group_kfold_properties():
         assert (tested == 1).all()  # every image tested exactly once per repeat
     with pytest.raises(BloodmlError, match="fewer than folds=20"):
         repeated_group_kfold(table, folds=20, repeats=1, val_fraction=0.15, seed=0)
+
+
+def test_validation_share_is_carved_anew_inside_the_fold_and_the_test_part_stays():
+    table = _table()
+    folds = repeated_group_kfold(table, folds=3, repeats=2, val_fraction=0.15, seed=4)
+    for fold in folds:
+        seed = validation_seed(4, fold.repeat, fold.fold)
+        assert with_validation_share(fold, table, 0.15, seed) == fold  # the protocol's own share: its own split
+        wide = with_validation_share(fold, table, 0.4, seed)
+        before, after = np.array(fold.split), np.array(wide.split)
+        assert ((before == "test") == (after == "test")).all()  # the same images tested: still paired
+        assert (after == "val").sum() > (before == "val").sum() and (after == "train").sum() < (before == "train").sum()
+        pool = (before != "test").sum()
+        assert abs((after == "val").sum() / pool - 0.4) < 0.1
+        for group in table["group"].unique():  # copies stay on one side
+            assert len(set(after[(table["group"] == group).to_numpy()])) == 1
+
+
+STUDY_VAL = """name: tiny_val
+settings: {{data: {data}, backbone: {backbone}, pretrained: false, image_size: 32, epochs: 1, aug_views: 1,
+           min_class_count: 2, near_duplicate_distance: -1, gradcam_samples: 0, bootstrap: 100, experiment: tiny_val}}
+protocol: {{type: cv, folds: 3, repeats: 1, val_fraction: 0.15}}
+factors:
+  val_fraction: [0.15, 0.45]
+"""
+
+
+def test_a_study_can_ask_what_the_validation_split_costs(make_wbc, tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY_VAL.format(data=make_wbc(per_class=9), backbone=TINY_BACKBONE))
+    result = run_study(load_study(path), tmp_path / "report")
+    assert len(result.comparisons) == 1
+    assert "where it is a factor" in result.report.read_text()
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["tiny_val"], output_format="list")
+    splits = {}
+    for run in [r for r in runs if r.data.tags.get("bloodml.task") == "study-fold"]:
+        table = pd.read_csv(client.download_artifacts(run.info.run_id, "split_manifest.csv",
+                                                      str(tmp_path / run.info.run_id))).sort_values("path")
+        splits[(run.data.tags["fold"], run.data.params["val_fraction"])] = table["split"].to_numpy()
+    assert len(splits) == 6
+    for fold in ("r0f0", "r0f1", "r0f2"):
+        narrow, wide = splits[(fold, "0.15")], splits[(fold, "0.45")]
+        assert ((narrow == "test") == (wide == "test")).all()  # paired: the same test images
+        assert (wide == "val").sum() > (narrow == "val").sum()  # the factor changed the validation split
 
 
 STUDY = """name: tiny

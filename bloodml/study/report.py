@@ -66,12 +66,14 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
     groups_first = [k for k in GROUP_METRICS if all(k in v for v in result.scores.values())]  # per patient first
     extra = [k for k in first if k not in METRICS + GROUP_METRICS and all(k in v for v in result.scores.values())]
     columns = tuple(groups_first) + METRICS + tuple(extra)
+    val_note = (", or the configuration's `val_fraction` where it is a factor (carved anew, the test parts unchanged)"
+                if any("val_fraction" in c.factors for c in spec.configurations) else "")
     protocol = (f"train on `{spec.base.data}` ({spec.repeats} seeds, each with its own stratified hold-out split), "
                 f"test on {', '.join(f'`{t}`' for t in spec.tests)}; compared: the first test dataset's scores"
                 if spec.protocol == "cross_dataset" else
                 f"{spec.repeats} x {spec.folds}-fold stratified, group-aware cross-validation "
-                f"(validation split of {spec.val_fraction:.0%} inside each training fold; the same folds for every "
-                f"configuration)" if spec.protocol == "cv" else
+                f"(validation split of {spec.val_fraction:.0%} inside each training fold{val_note}; the same folds "
+                f"for every configuration)" if spec.protocol == "cv" else
                 f"a single stratified hold-out split ({1 - spec.base.val_fraction - spec.base.test_fraction:.0%} "
                 f"train, {spec.base.val_fraction:.0%} validation, {spec.base.test_fraction:.0%} test)")
     lines = [f"# Study: {spec.name}", "",

@@ -23,7 +23,7 @@ from ..tracking.runs import adopt_launched_run, child_runs, create_run, find_run
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import run_training
 from .cross_dataset import TestSet, load_test_sets, score_on
-from .protocol import Fold, repeated_group_kfold
+from .protocol import Fold, repeated_group_kfold, validation_seed, with_validation_share
 from .report import short_name, write_report
 from .spec import GROUP_METRICS, METRICS, Configuration, StudySpec
 from .statistics import compare, mean_ci
@@ -124,7 +124,11 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
     per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
     ratios = []
     for fold in folds:
-        fold_data = dc_replace(data, table=data.table.assign(split=list(fold.split)))
+        split = fold.split
+        if "val_fraction" in configuration.factors:  # the validation share is the question: carved anew, same tests
+            split = with_validation_share(fold, data.table, configuration.config.val_fraction,
+                                          validation_seed(spec.base.seed, fold.repeat, fold.fold)).split
+        fold_data = dc_replace(data, table=data.table.assign(split=list(split)))
         seed = configuration.config.seed + (fold.repeat if spec.protocol == "cross_dataset" else 0)
         config = dc_replace(configuration.config, run_name=f"{configuration.name}-{fold.name}", gradcam_samples=0,
                             seed=seed)
