@@ -57,11 +57,7 @@ class Compute:
 
     def put(self, tensor: torch.Tensor) -> torch.Tensor:
         """To the device without waiting (pinned host memory when the device is a GPU)."""
-        if self.device.type == "cpu":
-            return tensor
-        if tensor.device.type != "cpu":  # already on a device (a resident training set)
-            return tensor.to(self.device, non_blocking=True)
-        return send(tensor, self.device)
+        return tensor if self.device.type == "cpu" else send(tensor, self.device)
 
     def padded(self, batch: torch.Tensor, size: int) -> torch.Tensor:
         """On a GPU, a short batch is padded with zeros to ``size`` rows, so that every batch has one shape: the

@@ -28,6 +28,7 @@ _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 _GREY = torch.tensor([0.299, 0.587, 0.114])
 # RGB <-> YIQ: a hue shift is a rotation of (I, Q) around the grey axis.
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+_READ_ON_HOST = ("blur", "resample", "jpeg")  # per-image values read in Python: never sent to the device
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Acquisition:
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """float images (N,3,H,W) in [0,255] -> the same, with the acquisition changes applied."""
         device = images.device
-        p = {k: send(v, device, torch.float32) for k, v in params.items()}
+        p = {k: send(v, device, torch.float32) for k, v in params.items() if k not in _READ_ON_HOST}
         x = images / 255.0
         if self.gain:
             x = x * p["gain"][:, :, None, None]
