@@ -102,6 +102,17 @@ def test_a_study_can_ask_what_the_validation_split_costs(make_wbc, tmp_path):
         assert (wide == "val").sum() > (narrow == "val").sum()  # the factor changed the validation split
 
 
+def test_fold_runs_log_the_validation_share_the_protocol_used(make_wbc, tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY_VAL.format(data=make_wbc(per_class=9), backbone=TINY_BACKBONE)
+                    .replace("val_fraction: 0.15}", "val_fraction: 0.3}").replace("val_fraction: [0.15, 0.45]",
+                                                                                 "masks: [none]"))
+    run_study(load_study(path), tmp_path / "report")
+    runs = mlflow.search_runs(experiment_names=["tiny_val"], output_format="list")
+    folds = [r for r in runs if r.data.tags.get("bloodml.task") == "study-fold"]
+    assert len(folds) == 3 and {r.data.params["val_fraction"] for r in folds} == {"0.3"}  # not the default 0.15
+
+
 STUDY = """name: tiny
 settings: {{data: {data}, backbone: {backbone}, pretrained: false, image_size: 32, epochs: 2, aug_views: 1,
            min_class_count: 2, near_duplicate_distance: -1, gradcam_samples: 0, bootstrap: 100, experiment: tiny}}

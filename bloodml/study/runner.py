@@ -132,6 +132,8 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
         seed = configuration.config.seed + (fold.repeat if spec.protocol == "cross_dataset" else 0)
         config = dc_replace(configuration.config, run_name=f"{configuration.name}-{fold.name}", gradcam_samples=0,
                             seed=seed)
+        if spec.protocol == "cv" and "val_fraction" not in configuration.factors:  # the fold run logs the share used
+            config = dc_replace(config, val_fraction=spec.val_fraction)
         result = run_training(config, data=fold_data, parent_run_id=config_run, log_trained=False, plots=False,
                               tags={"bloodml.task": "study-fold", "bloodml.study": spec.name, "fold": fold.name,
                                     **factor_tags})
