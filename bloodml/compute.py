@@ -69,6 +69,14 @@ class Compute:
             return batch
         return torch.cat([batch, batch.new_zeros((size - len(batch), *batch.shape[1:]))])
 
+    @property
+    def inference_batch(self) -> int:
+        """Images per forward pass without gradients (cached features, validation, evaluation). A CPU runs small
+        batches faster per image (their activations stay in its caches; on the 2-core development machine 16
+        images ran 1.2-1.3x faster per image than 64 for efficientnet_lite0 and resnet50, and the same for vgg16);
+        a GPU wants full batches. Per image the results do not depend on the batch."""
+        return 16 if self.device.type == "cpu" else 64
+
     def resident(self, tensor: torch.Tensor) -> torch.Tensor:
         """A tensor the trainer reads every epoch, kept on the GPU once (small datasets: 300 images at 224 px are
         45 MB) instead of copied batch by batch; left on the host on the CPU."""

@@ -175,6 +175,30 @@ def test_one_batch_shape_on_a_gpu_changes_no_result():
     assert fixed.shape == (11, 3) and torch.allclose(fixed, plain, atol=1e-5)
 
 
+def test_cpu_inference_runs_small_batches_with_the_same_results():
+    """On the CPU, features and evaluation scores are computed 16 images at a time (faster per image there), a GPU
+    keeps 64; splitting 40 images into batches of 16 gives the features one batch of 40 gives."""
+    from bloodml.data.input_spec import InputSpec
+    from bloodml.data.transforms import Preprocess
+    from bloodml.models.registry import create_backbone
+    from bloodml.training.features import extract_features
+
+    assert resolve("cpu").inference_batch == 16
+    assert Compute(torch.device("cuda"), "bf16").inference_batch == 64
+    torch.manual_seed(0)
+    spec = InputSpec(image_size=32, mask_mode="cell")
+    backbone = create_backbone("test_efficientnet", pretrained=False)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    regions = torch.randint(0, 3, (40, 32, 32), dtype=torch.uint8)
+    calls = []
+    hook = backbone.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    small = extract_features(backbone, Preprocess(spec), images, regions, spec, progress=False)
+    hook.remove()
+    whole = extract_features(backbone, Preprocess(spec), images, regions, spec, batch_size=40, progress=False)
+    assert calls == [16, 16, 8]
+    assert torch.allclose(small, whole, atol=1e-6)
+
+
 def test_fine_tuning_takes_full_batches_only_and_its_schedule_matches():
     """A short last batch is dropped when fine-tuning (one shape on a GPU; never one image in batch norm); the
     one-cycle schedule counts exactly the steps taken (OneCycleLR refuses a step past its total)."""

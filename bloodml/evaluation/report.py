@@ -40,9 +40,11 @@ class EvaluationSettings:
 
 
 @torch.no_grad()
-def logits_of(model, images: ImageSet, batch: int = 64, compute: Compute = CPU) -> torch.Tensor:
+def logits_of(model, images: ImageSet, batch: int | None = None, compute: Compute = CPU) -> torch.Tensor:
     """The model's scores (logits; with TTA the log of the views' mean probability) for preloaded images, made
-    into network input by the model's own input spec, computed on ``compute``; float32 on the CPU."""
+    into network input by the model's own input spec, computed on ``compute`` in batches of ``batch`` (default: the
+    device's inference batch); float32 on the CPU."""
+    batch = batch or compute.inference_batch
     model.eval().to(compute.device)
     parts = []
     for i in range(0, len(images), batch):

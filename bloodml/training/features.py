@@ -13,9 +13,11 @@ from ..models.registry import Backbone
 
 
 def extract_features(backbone: Backbone, preprocess: Preprocess, images: torch.Tensor, regions: torch.Tensor,
-                     spec: InputSpec, batch_size: int = 64, desc: str = "features", progress: bool = True,
+                     spec: InputSpec, batch_size: int | None = None, desc: str = "features", progress: bool = True,
                      compute: Compute = CPU) -> torch.Tensor:
-    """Pooled backbone features (N, D), float32 on the CPU, computed on ``compute``'s device and precision."""
+    """Pooled backbone features (N, D), float32 on the CPU, computed on ``compute``'s device and precision, in
+    batches of ``batch_size`` (default: the device's inference batch)."""
+    batch_size = batch_size or compute.inference_batch
     backbone.eval().to(compute.device)  # outside inference mode: the moved weights stay usable for Grad-CAM
     preprocess.to(compute.device)
     out = []

@@ -307,8 +307,8 @@ class FinetuneTrainer(_Trainer):
 
     def __init__(self, backbone: Backbone, preprocess: Preprocess, head: Head, train: ImageSet, val: ImageSet,
                  spec: InputSpec, transform: Augmentation | None, finetune: str, freeze_epochs: int,
-                 backbone_lr_factor: float, num_classes: int, settings: TrainSettings, eval_batch: int = 64,
-                 compute: Compute = CPU):
+                 backbone_lr_factor: float, num_classes: int, settings: TrainSettings,
+                 eval_batch: int | None = None, compute: Compute = CPU):
         super().__init__(head, train.labels, num_classes, settings, compute)
         self.drop_last = True
         backbone.to(compute.device)
@@ -317,7 +317,7 @@ class FinetuneTrainer(_Trainer):
                          compute.resident(train.labels))
         self.backbone, self.preprocess, self.train, self.val = backbone, preprocess, train, val
         self.spec, self.transform, self.finetune, self.freeze_epochs = spec, transform, finetune, freeze_epochs
-        self.eval_batch = eval_batch
+        self.eval_batch = eval_batch or compute.inference_batch
         if finetune == "all":
             self.unfrozen = list(backbone.parameters())
             self.trainable_modules = [backbone]
