@@ -2,6 +2,7 @@
 timm loop, cross-validated on the very folds a bloodml study makes, so its per-fold scores pair with the study's.
 
     .venv/bin/python benchmarks/finetune_reference.py --size 128                    # 5 x 3 folds, masks=cell
+    .venv/bin/python benchmarks/finetune_reference.py --size 224 --device cuda      # on a GPU, bf16 autocast
     .venv/bin/python benchmarks/finetune_reference.py --compare <study report>/per_fold.csv \\
         --configuration val_fraction=0.03
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from bloodml.compute import Compute, resolve
 from bloodml.config import build_config
 from bloodml.data.dataset import preload
 from bloodml.data.input_spec import InputSpec, apply_mask
@@ -53,28 +55,31 @@ def lite0(num_classes: int) -> torch.nn.Module:
     return model
 
 
-def augmenter(size: int) -> v2.Compose:
+def augmenter() -> v2.Compose:
     return v2.Compose([v2.RandomAffine(degrees=180, translate=(0.05, 0.05), scale=(0.85, 1.15),
                                        interpolation=v2.InterpolationMode.BILINEAR),
                        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.ColorJitter(brightness=0.2)])
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def train_and_score(images: torch.Tensor, labels: torch.Tensor, train: np.ndarray, test: np.ndarray,
-                    num_classes: int, args, seed: int) -> float:
+                    num_classes: int, args, seed: int, compute: Compute) -> float:
+    """``images`` and ``labels`` already on the device; mixed precision as ``compute`` says."""
     torch.manual_seed(seed)
-    model = lite0(num_classes).to(memory_format=torch.channels_last)
+    model = lite0(num_classes).to(compute.device, memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
     steps = args.epochs * int(np.ceil(len(train) / args.batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=5e-4, total_steps=steps, pct_start=0.15)
-    counts = np.bincount(labels[train].numpy(), minlength=num_classes)
-    weight = torch.tensor(len(train) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
-    augment = augmenter(args.size)
+    counts = np.bincount(labels[train].cpu().numpy(), minlength=num_classes)
+    weight = torch.tensor(len(train) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32,
+                          device=compute.device)
+    scaler = compute.scaler()
+    augment = augmenter()
     for _ in range(args.epochs):
         model.train()
         order = train[torch.randperm(len(train)).numpy()]
@@ -83,17 +88,20 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, train: np.ndarra
             if len(idx) < 2:  # batch norm cannot train on one image
                 continue
             x = torch.stack([augment(images[i]) for i in idx]).float().div(255)
-            loss = F.cross_entropy(model(normalise(x)), labels[idx], weight=weight, label_smoothing=0.1)
+            with compute.autocast():
+                logits = model(normalise(x)).float()
+            loss = F.cross_entropy(logits, labels[idx], weight=weight, label_smoothing=0.1)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
             schedule.step()
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), compute.autocast():
         x = images[test].float().div(255)
         views = (x, x.flip(3), x.flip(2), x.transpose(2, 3))
-        probabilities = torch.stack([model(normalise(v)).softmax(1) for v in views]).mean(0)
-    cm = confusion_counts(labels[test].numpy(), probabilities.argmax(1).numpy(), num_classes)
+        probabilities = torch.stack([model(normalise(v)).float().softmax(1) for v in views]).mean(0)
+    cm = confusion_counts(labels[test].cpu().numpy(), probabilities.argmax(1).cpu().numpy(), num_classes)
     return macro_f1_from(cm)
 
 
@@ -112,24 +120,28 @@ def main() -> None:
                         help="all: every image outside the test fold; train: without the fold's validation part")
     parser.add_argument("--compare", default="", help="a study's per_fold.csv, same folds")
     parser.add_argument("--configuration", default="", help="the configuration of --compare to pair with")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/finetune_reference.csv"))
     args = parser.parse_args()
-    threads = configure(0, 0)
+    configure(0, 0)
+    compute = resolve(args.device, args.precision)
     config = build_config(args.config, {"data": args.data, "masks": args.masks, "image_size": args.size})
     data = grouped_data(config, progress=False)
     folds = repeated_group_kfold(data.table, args.folds, args.repeats, args.val_fraction, config.seed)
     spec = InputSpec(image_size=args.size, mask_mode=args.masks, mask_codes=config.mask_codes)
     loaded = preload(data.table, data.classes, spec, progress=False)
-    images = apply_mask(loaded.images, loaded.regions, args.masks)  # masked once, before augmentation
+    images = apply_mask(loaded.images, loaded.regions, args.masks).to(compute.device)  # masked once, then augmented
+    labels = loaded.labels.to(compute.device)
     print(f"{len(images)} images, {len(data.classes)} classes, {len(folds)} folds, {args.size} px, masks={args.masks}, "
-          f"{threads} threads, trained on {args.train_on}", flush=True)
+          f"{compute.name}, {compute.precision}, trained on {args.train_on}", flush=True)
     rows = []
     for number, fold in enumerate(folds):
         split = np.array(fold.split)
         train = np.flatnonzero(split != "test") if args.train_on == "all" else np.flatnonzero(split == "train")
         test = np.flatnonzero(split == "test")
         started = time.perf_counter()
-        score = train_and_score(images, loaded.labels, train, test, len(data.classes), args, seed=number)
+        score = train_and_score(images, labels, train, test, len(data.classes), args, number, compute)
         rows.append({"fold": number, "name": fold.name, "macro_f1": score, "n_train": len(train), "n_test": len(test)})
         print(f"fold {number + 1}/{len(folds)} ({fold.name}): macro-F1 {score:.3f}, {len(train)} training images, "
               f"{time.perf_counter() - started:.0f} s", flush=True)
