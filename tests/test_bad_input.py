@@ -41,6 +41,21 @@ def test_zero_byte_image(make_wbc, capsys):
     assert "006.bmp: empty file" in _train(capsys, root)
 
 
+def test_every_unreadable_image_is_named_in_one_line(make_wbc, capsys):
+    """Four broken files: one line says how many, names the first three with their reasons, and counts the rest,
+    so the user fixes them all before the next attempt."""
+    root = make_wbc(per_class=5)
+    data = (root / "004.bmp").read_bytes()
+    (root / "004.bmp").write_bytes(data[: len(data) // 3])
+    (root / "005.bmp").write_text("not an image")
+    (root / "006.bmp").write_bytes(b"")
+    (root / "007.bmp").write_bytes(b"")
+    err = _train(capsys, root)
+    assert "4 images cannot be read: " in err and "and 1 more; replace them or remove them" in err
+    assert "004.bmp: corrupt or truncated image" in err and "005.bmp: not a readable image" in err
+    assert "006.bmp: empty file (0 bytes)" in err and "007.bmp" not in err
+
+
 def test_mask_that_cannot_match_its_image(make_wbc, capsys):
     root = make_wbc(per_class=5)
     Image.new("L", (60, 10)).save(root / "002.png")

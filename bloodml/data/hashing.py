@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..errors import BloodmlError
 from .copies import COPY_SIMILARITY, Canvas, candidate_pairs, fingerprint, hash_hex, hinted_similarity, \
     similarity_bar as _bar
 from .images import read_rgb
@@ -42,13 +43,32 @@ def _remember(memo: dict, key, value):
 def add_hashes(table: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
     """Columns ``sha256`` (file bytes), ``phash`` (64-bit perceptual hash, hex) and ``fingerprint`` (the hashes of
     every flip/rotation and crop, for the near-copy search; not written to manifests)."""
-    sha, prints = [], []
+    sha, prints, unreadable = [], [], []
     for path in tqdm(table["path"], desc="hashing images", disable=not progress, leave=False):
         digest = file_sha256(path)
-        sha.append(digest)
         known = _FINGERPRINTS.get(digest)
-        prints.append(known if known is not None else _remember(_FINGERPRINTS, digest, fingerprint(read_rgb(path))))
+        if known is None:
+            try:
+                known = _remember(_FINGERPRINTS, digest, fingerprint(read_rgb(path)))
+            except BloodmlError as exc:  # every unreadable file is named at once, not one per attempt
+                unreadable.append(str(exc))
+                continue
+        sha.append(digest)
+        prints.append(known)
+    if unreadable:
+        raise BloodmlError(unreadable_message(unreadable))
     return table.assign(sha256=sha, phash=[hash_hex(p[0]) for p in prints], fingerprint=prints)
+
+
+def unreadable_message(errors: list[str], shown: int = 3) -> str:
+    """One line for the files that cannot be read: the one file's own message, or how many, the first few (path
+    and reason) and the fix."""
+    if len(errors) == 1:
+        return errors[0]
+    reasons = [error.rsplit("; ", 1)[0] for error in errors[:shown]]
+    more = f"; and {len(errors) - shown} more" if len(errors) > shown else ""
+    return (f"{len(errors)} images cannot be read: {'; '.join(reasons)}{more}; replace them or remove them from the "
+            f"dataset.")
 
 
 def near_copies(table: pd.DataFrame, near_distance: int, similarity: float = COPY_SIMILARITY,
