@@ -108,3 +108,45 @@ def test_empty_dataset(tmp_path):
     (tmp_path / "empty" / "classA").mkdir(parents=True)
     with pytest.raises(BloodmlError, match="cannot tell the dataset layout|no labelled images"):
         read_dataset(tmp_path / "empty", ReaderOptions())
+
+
+def test_spreadsheet_manifest_semicolons_capitalised_headers_windows_paths(tmp_path):
+    """A CSV as a European spreadsheet or a Windows machine writes it: semicolon-delimited, 'Image;Label;Mask'
+    headers, backslash paths. It is read as the manifest it is, masks included, not passed over for the folders."""
+    root = tmp_path / "ds"
+    for folder in ("imgs", "masks"):
+        (root / folder).mkdir(parents=True)
+    rows = ["\ufeff Image ; Label ;Mask"]
+    for i in range(4):
+        image, mask = cell_image("alpha" if i % 2 else "beta", i)
+        Image.fromarray(image).save(root / "imgs" / f"c{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+        rows.append(f"imgs\\c{i}.png;{'pos' if i % 2 else 'neg'};masks\\c{i}.png")
+    (root / "Labels.csv").write_text("\r\n".join(rows), encoding="utf-8")
+    table, fmt, _ = read_dataset(root, ReaderOptions())
+    assert fmt == "manifest" and list(table["label"]) == ["neg", "pos", "neg", "pos"]
+    assert [p.split("/")[-2:] for p in table["path"]] == [["imgs", f"c{i}.png"] for i in range(4)]
+    assert [p.split("/")[-2:] for p in table["mask_path"]] == [["masks", f"c{i}.png"] for i in range(4)]
+
+
+def test_manifest_rows_naming_missing_images_are_all_counted(tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    for i in range(5):
+        Image.fromarray(cell_image("alpha", i)[0]).save(root / f"c{i}.png")
+    names = ["c0.png", "gone1.png", "c2.png", "gone3.png", "gone4.png", "gone5.png"]
+    pd.DataFrame({"image": names, "label": ["a"] * 6}).to_csv(root / "m.csv", index=False)
+    with pytest.raises(BloodmlError) as caught:
+        read_dataset(root / "m.csv", ReaderOptions())
+    message = str(caught.value)
+    assert "4 of 6 rows name an image that does not exist (line 3 gone1.png, line 5 gone3.png, line 6 gone4.png, " \
+           "...)" in message and "gone5" not in message
+
+
+def test_folders_layout_says_which_csv_it_did_not_use(make_folders):
+    root = make_folders(per_class=3)
+    (root / "summary.csv").write_text("x,y\n1,2\n")
+    table, fmt, _, notes = read_labelled(build_config(None, {"data": str(root), "masks_dir": "masks",
+                                                            "min_class_count": 2}))
+    assert fmt == "folders" and len(table) == 9
+    assert notes[0].startswith("not used: summary.csv (no 'image' column)")

@@ -9,11 +9,12 @@ Every path is checked to stay inside the data folder; problems raise one-line :c
 from __future__ import annotations
 
 import io
+import os
 import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import pandas as pd
 
@@ -44,7 +45,8 @@ class ReaderOptions:
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    """Read a label CSV tolerating BOMs, CRLF and stray whitespace; strings only."""
+    """Read a label CSV tolerating BOMs, CRLF, stray whitespace and the delimiter (comma, or the semicolon,
+    tab or bar some spreadsheets write); strings only."""
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -53,17 +55,37 @@ def read_csv(path: Path) -> pd.DataFrame:
             f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV (Excel: 'CSV UTF-8')."
         )
     try:
-        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+                            sep=_delimiter(text))
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise BloodmlError(f"{path}: not a readable CSV ({str(exc).strip().splitlines()[0]}); fix the file.")
     table.columns = [str(c).strip() for c in table.columns]
     return table.apply(lambda col: col.str.strip())
 
 
+def _delimiter(text: str) -> str:
+    """The header line's delimiter: the most frequent of comma, semicolon, tab and bar (comma when none is)."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
+def find_column(columns, name: str) -> str:
+    """The header's spelling of column ``name``: itself, else the one column equal to it ignoring case (an
+    'Image' header for image_column=image); ``name`` unchanged when there is none, for the caller's error."""
+    if not name or name in columns:
+        return name
+    matches = [c for c in columns if str(c).casefold() == name.casefold()]
+    return matches[0] if len(matches) == 1 else name
+
+
 def _inside(root: Path, relative: str, source: str) -> Path:
     """Resolve ``relative`` against ``root`` and refuse anything (``../``, symlinks) that leaves it."""
     if not relative:
         raise BloodmlError(f"{source}: empty file name; fill it in or remove the row.")
+    if "\\" in relative and os.sep != "\\" and not (root / relative).exists():
+        relative = PureWindowsPath(relative).as_posix()  # a manifest written on Windows (imgs\\c0.png)
     candidate = Path(relative)
     path = candidate if candidate.is_absolute() else root / candidate
     resolved = path.resolve()
@@ -89,27 +111,37 @@ def read_manifest(csv_path: Path, options: ReaderOptions) -> pd.DataFrame:
     table = read_csv(csv_path)
     if options.manifest_query:
         table = _query(table, options.manifest_query, csv_path)
-    mask_column = options.mask_column or ("mask" if "mask" in table.columns else "")
+    image_column, label_column, group_column = (find_column(table.columns, name) for name in
+                                                (options.image_column, options.label_column, options.group_column))
+    mask_column = find_column(table.columns, options.mask_column or "mask")
+    if not options.mask_column and mask_column not in table.columns:
+        mask_column = ""
     _require_columns(
         table,
-        {"image_column": options.image_column, "label_column": options.label_column,
-         "mask_column": mask_column, "group_column": options.group_column},
+        {"image_column": image_column, "label_column": label_column,
+         "mask_column": mask_column, "group_column": group_column},
         csv_path,
     )
     rows = []
     for line, row in enumerate(table.to_dict("records"), start=2):
         where = f"{csv_path}:{line}"
-        label = row[options.label_column]
+        label = row[label_column]
         if label == "":
             raise BloodmlError(f"{where}: empty label; fill it in or remove the row.")
         mask = row[mask_column] if mask_column else ""
         rows.append({
-            "path": _inside(root, row[options.image_column], where),
+            "path": _inside(root, row[image_column], where),
             "label": label,
             "mask_path": _inside(root, mask, where) if mask else None,
-            "group": row[options.group_column] or None if options.group_column else None,
+            "group": row[group_column] or None if group_column else None,
             "source": where,
         })
+    missing = [row for row in rows if not row["path"].is_file()]
+    if missing:
+        shown = ", ".join(f"line {row['source'].rsplit(':', 1)[1]} {row['path'].name}" for row in missing[:3])
+        raise BloodmlError(f"{csv_path}: {len(missing)} of {len(rows)} rows name an image that does not exist ("
+                           f"{shown}{', ...' if len(missing) > 3 else ''}); fix the paths (relative to the CSV's "
+                           f"folder) or remove the rows.")
     return _finish(rows, csv_path)
 
 
@@ -225,10 +257,11 @@ def detect_format(folder: Path, options: ReaderOptions) -> str:
         return "manifest"
     if options.manifest:
         header = read_csv(folder / options.manifest).columns
-        return "manifest" if options.image_column in header else "wbc"
+        return "manifest" if find_column(header, options.image_column) in header else "wbc"
     csvs = [p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file()]
     if csvs:
-        if any(options.image_column in read_csv(p).columns for p in csvs):
+        headers = [read_csv(p).columns for p in csvs]
+        if any(find_column(header, options.image_column) in header for header in headers):
             return "manifest"
         if any(p.stem.isdigit() and is_image_file(p) for p in folder.iterdir()):
             return "wbc"
@@ -237,6 +270,18 @@ def detect_format(folder: Path, options: ReaderOptions) -> str:
     raise BloodmlError(
         f"{folder}: cannot tell the dataset layout; pass format= (wbc, manifest or folders) and see README 'Data'."
     )
+
+
+def unused_csv_note(root: Path, fmt: str, options: ReaderOptions) -> str:
+    """One line when the folders layout was chosen beside CSV files (a manifest with another header, or with a
+    delimiter or encoding it was not read with), so a user whose labels file was passed over knows it."""
+    if fmt != "folders" or options.format != "auto" or not Path(root).is_dir():
+        return ""
+    csvs = sorted(p.name for p in Path(root).iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    if not csvs:
+        return ""
+    return (f"not used: {', '.join(csvs)} (no '{options.image_column}' column); read one folder per class. To use "
+            f"a CSV, pass format=manifest and image_column=/label_column= with its column names.")
 
 
 def read_dataset(data: str | Path, options: ReaderOptions, workdir: Path | None = None) -> tuple[pd.DataFrame, str, Path]:
