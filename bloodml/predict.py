@@ -15,7 +15,7 @@ import torch
 
 from .data.acquisition import sharpness_blur
 from .data.dataset import load_batch
-from .data.images import is_image_file
+from .data.images import is_image_file, unreadable_files
 from .data.input_spec import InputSpec
 from .data.masks import find_mask
 from .errors import BloodmlError
@@ -201,6 +201,7 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     files, groups = collect_inputs(inputs, pattern, masks, image_column, group_column)
     if not files:
         raise BloodmlError(f"no images found in {', '.join(map(str, inputs))}; pass image files, folders or a CSV.")
+    files, groups = readable_inputs(files, groups)
     paths, mask_paths = [str(f) for f in files], masks_for(files, spec, masks)
     if adapt_bn:
         model = adapted_model(model, spec, paths, mask_paths, batch, blur=test_blur)
@@ -216,6 +217,23 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     calls = group_table(groups, None, probabilities, classes, rule["group_aggregate"], rule["group_top_k"],
                         rule["threshold"], classes.index(rule["positive_class"]) if rule["positive_class"] else None)
     return table, calls.assign(group_aggregate=rule["group_aggregate"])
+
+
+def readable_inputs(files: list[Path], groups: list | None) -> tuple[list[Path], list | None]:
+    """The files that can be read, with their groups; one line names those left out (the others are still
+    predicted: one broken file does not cost a folder's predictions). None readable: an error."""
+    reasons = unreadable_files(files)
+    if not reasons:
+        return files, groups
+    messages = list(reasons.values())
+    if len(reasons) == len(files):
+        raise BloodmlError(messages[0] if len(messages) == 1 else f"none of the {len(files)} images can be read, "
+                           f"e.g. {messages[0]}")
+    keep = [i for i, f in enumerate(files) if str(f) not in reasons]
+    shown = "; ".join(message.rsplit("; ", 1)[0] for message in messages[:3])
+    say(f"left out {len(reasons)} unreadable image(s), not in the predictions: {shown}"
+        f"{f'; and {len(reasons) - 3} more' if len(reasons) > 3 else ''}")
+    return [files[i] for i in keep], [groups[i] for i in keep] if groups is not None else None
 
 
 def group_calling(meta: dict, group_aggregate: str = "") -> dict:

@@ -115,3 +115,25 @@ def test_mask_lookup_prefers_the_longest_matching_sub_path(tmp_path):
     assert find_mask(tmp_path / "elsewhere/cell0.png", tmp_path / "masks") == tmp_path / "masks/cell0.png"
     assert find_mask(tmp_path / "images/beta/cell1.png", tmp_path / "masks") is None
     assert find_mask(tmp_path / "images/beta/cell0.png", tmp_path / "images") is None  # never the image itself
+
+
+def test_predict_leaves_out_unreadable_images_and_says_which(make_folders, tmp_path, capsys):
+    """A folder with two broken files among readable ones: the readable ones are predicted as they would be
+    alone, one line names the two left out; a folder of broken files only is refused in one line."""
+    root = make_folders(per_class=8)
+    result = run_training(build_config(None, tiny_overrides(root, epochs=1, gradcam_samples=0, masks_dir="masks")))
+    clean, broken = tmp_path / "clean.csv", tmp_path / "broken.csv"
+    assert run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "-o", clean)[0] == 0
+    (root / "alpha" / "bad.png").write_text("not an image")
+    (root / "alpha" / "empty.png").write_bytes(b"")
+    code, stdout, stderr = run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "-o", broken)
+    assert code == 0, stderr
+    assert "left out 2 unreadable image(s), not in the predictions: " in stdout + stderr
+    assert "bad.png: not a readable image" in stdout + stderr and "empty.png: empty file" in stdout + stderr
+    pd.testing.assert_frame_equal(pd.read_csv(clean), pd.read_csv(broken))
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "bad.png").write_text("not an image")
+    (only / "empty.png").write_bytes(b"")
+    code, stdout, stderr = run_cli(capsys, "predict", "-m", result.run_id, only, "-o", tmp_path / "none.csv")
+    assert code == 2 and "none of the 2 images can be read, e.g. " in stderr and stderr.count("\n") == 1

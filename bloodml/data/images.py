@@ -102,3 +102,15 @@ def read_mask_array(source: ImageSource, name: str = "") -> np.ndarray:
     if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
         return rgb[..., 0].copy()
     return rgb.copy()
+
+
+def unreadable_files(paths: list[str | Path]) -> dict[str, str]:
+    """Every file among ``paths`` that cannot be read as an image, with its one-line reason (empty in the common
+    case); each file is decoded once."""
+    reasons = {}
+    for path in paths:
+        try:
+            _open(path).close()
+        except BloodmlError as exc:
+            reasons[str(path)] = str(exc)
+    return reasons
