@@ -150,3 +150,19 @@ def test_folders_layout_says_which_csv_it_did_not_use(make_folders):
                                                             "min_class_count": 2}))
     assert fmt == "folders" and len(table) == 9
     assert notes[0].startswith("not used: summary.csv (no 'image' column)")
+
+
+def test_labels_differing_only_in_case_are_one_class(tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    labels = ["Neutrophil", "neutrophil", "Neutrophil", "lymphocyte", "Lymphocyte", "lymphocyte", "LYMPHOCYTE"]
+    for i in range(len(labels)):
+        Image.fromarray(cell_image("alpha", i)[0]).save(root / f"c{i}.png")
+    pd.DataFrame({"image": [f"c{i}.png" for i in range(len(labels))], "label": labels}).to_csv(root / "m.csv",
+                                                                                               index=False)
+    table, _, _, notes = read_labelled(build_config(None, {"data": str(root / "m.csv"), "min_class_count": 1}))
+    assert table["label"].value_counts().to_dict() == {"lymphocyte": 4, "Neutrophil": 3}
+    assert notes == ["labels differing only in case taken as one class 'lymphocyte': 'LYMPHOCYTE' (1), "
+                     "'Lymphocyte' (1), 'lymphocyte' (2)",
+                     "labels differing only in case taken as one class 'Neutrophil': 'Neutrophil' (2), "
+                     "'neutrophil' (1)"]

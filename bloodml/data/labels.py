@@ -40,6 +40,23 @@ def apply_class_names(table: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFr
     return table.assign(label=table["label"].map(lambda v: mapping.get(v, v)))
 
 
+def merge_case_variants(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Labels that differ only in case ('Neutrophil', 'neutrophil') are one class under the most frequent spelling
+    (ties: the first in sorted order); one note per merged class says so."""
+    counts = table["label"].value_counts()
+    spelling, notes = {}, []
+    for _, variants in counts.groupby(counts.index.map(str.casefold)):
+        if len(variants) < 2:
+            continue
+        chosen = sorted(variants.items(), key=lambda item: (-item[1], item[0]))[0][0]
+        spelling.update({variant: chosen for variant in variants.index})
+        notes.append(f"labels differing only in case taken as one class '{chosen}': "
+                     + ", ".join(f"'{name}' ({n})" for name, n in sorted(variants.items())))
+    if not spelling:
+        return table, []
+    return table.assign(label=table["label"].map(lambda v: spelling.get(v, v))), notes
+
+
 def group_binary(table: pd.DataFrame, positive: list[str], negative_name: str = "") -> pd.DataFrame:
     """Positive classes vs the rest (e.g. lymphoblast vs normal): labels become '<positive>' / 'not_<positive>'."""
     positive = [p.strip() for p in positive if p.strip()]

@@ -16,7 +16,7 @@ from .audit import find_leaks
 from .fetch import locate
 from .hashing import add_hashes, near_copies
 from .labels import apply_class_names, class_order, default_class_names, drop_rare_classes, group_binary, \
-    parse_class_names
+    merge_case_variants, parse_class_names
 from .readers import ReaderOptions, read_dataset, unused_csv_note
 from .splits import assign_splits, check_group_labels, check_one_label_per_group, drop_conflicting_copies, \
     duplicate_groups
@@ -53,10 +53,11 @@ def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.Da
     unused = unused_csv_note(root, fmt, options)
     names = parse_class_names(config.class_names) if config.class_names else default_class_names(fmt)
     table = apply_class_names(table, names)
+    table, merged = merge_case_variants(table)
     if config.positive_classes:
         table = group_binary(table, config.positive_classes.split(","), config.negative_name)
     table, notes = drop_rare_classes(table, config.min_class_count)
-    return table, fmt, root, ([unused] if unused else []) + notes
+    return table, fmt, root, ([unused] if unused else []) + merged + notes
 
 
 def require_masks(table: pd.DataFrame, mask_mode: str, masks_from: str = "expert") -> None:
