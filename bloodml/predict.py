@@ -15,7 +15,7 @@ import torch
 
 from .data.acquisition import sharpness_blur
 from .data.dataset import load_batch
-from .data.images import is_image_file, unreadable_files
+from .data.images import is_image_file, unreadable_files, unreadable_summary
 from .data.input_spec import InputSpec
 from .data.masks import find_mask
 from .errors import BloodmlError
@@ -230,9 +230,7 @@ def readable_inputs(files: list[Path], groups: list | None) -> tuple[list[Path],
         raise BloodmlError(messages[0] if len(messages) == 1 else f"none of the {len(files)} images can be read, "
                            f"e.g. {messages[0]}")
     keep = [i for i, f in enumerate(files) if str(f) not in reasons]
-    shown = "; ".join(message.rsplit("; ", 1)[0] for message in messages[:3])
-    say(f"left out {len(reasons)} unreadable image(s), not in the predictions: {shown}"
-        f"{f'; and {len(reasons) - 3} more' if len(reasons) > 3 else ''}")
+    say(f"left out {len(reasons)} unreadable image(s), not in the predictions: {unreadable_summary(messages)}")
     return [files[i] for i in keep], [groups[i] for i in keep] if groups is not None else None
 
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..errors import BloodmlError
 from .copies import COPY_SIMILARITY, Canvas, candidate_pairs, fingerprint, hash_hex, hinted_similarity, \
     similarity_bar as _bar
-from .images import read_rgb
+from .images import read_rgb, unreadable_summary
 
 
 def file_sha256(path: str | Path) -> str:
@@ -60,14 +60,12 @@ def add_hashes(table: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
     return table.assign(sha256=sha, phash=[hash_hex(p[0]) for p in prints], fingerprint=prints)
 
 
-def unreadable_message(errors: list[str], shown: int = 3) -> str:
+def unreadable_message(errors: list[str]) -> str:
     """One line for the files that cannot be read: the one file's own message, or how many, the first few (path
     and reason) and the fix."""
     if len(errors) == 1:
         return errors[0]
-    reasons = [error.rsplit("; ", 1)[0] for error in errors[:shown]]
-    more = f"; and {len(errors) - shown} more" if len(errors) > shown else ""
-    return (f"{len(errors)} images cannot be read: {'; '.join(reasons)}{more}; replace them or remove them from the "
+    return (f"{len(errors)} images cannot be read: {unreadable_summary(errors)}; replace them or remove them from the "
             f"dataset.")
 
 

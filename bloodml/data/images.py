@@ -114,3 +114,10 @@ def unreadable_files(paths: list[str | Path]) -> dict[str, str]:
         except BloodmlError as exc:
             reasons[str(path)] = str(exc)
     return reasons
+
+
+def unreadable_summary(messages: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of several unreadable-file messages, each without its fix ('path: reason'), and how many
+    more there are: the middle of one line that names every file's problem at once."""
+    reasons = "; ".join(message.rsplit("; ", 1)[0] for message in messages[:shown])
+    return reasons + (f"; and {len(messages) - shown} more" if len(messages) > shown else "")

@@ -145,8 +145,13 @@ def read_manifest(csv_path: Path, options: ReaderOptions) -> pd.DataFrame:
     return _finish(rows, csv_path)
 
 
+def csv_files(folder: Path) -> list[Path]:
+    """The CSV files directly in ``folder``, sorted."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+
+
 def _find_label_csv(folder: Path) -> Path:
-    csvs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    csvs = csv_files(folder)
     if len(csvs) != 1:
         found = ", ".join(p.name for p in csvs) or "none"
         raise BloodmlError(f"{folder}: the wbc format needs exactly one labels CSV (found: {found}); "
@@ -258,7 +263,7 @@ def detect_format(folder: Path, options: ReaderOptions) -> str:
     if options.manifest:
         header = read_csv(folder / options.manifest).columns
         return "manifest" if find_column(header, options.image_column) in header else "wbc"
-    csvs = [p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file()]
+    csvs = csv_files(folder)
     if csvs:
         headers = [read_csv(p).columns for p in csvs]
         if any(find_column(header, options.image_column) in header for header in headers):
@@ -277,7 +282,7 @@ def unused_csv_note(root: Path, fmt: str, options: ReaderOptions) -> str:
     delimiter or encoding it was not read with), so a user whose labels file was passed over knows it."""
     if fmt != "folders" or options.format != "auto" or not Path(root).is_dir():
         return ""
-    csvs = sorted(p.name for p in Path(root).iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    csvs = [p.name for p in csv_files(root)]
     if not csvs:
         return ""
     return (f"not used: {', '.join(csvs)} (no '{options.image_column}' column); read one folder per class. To use "
