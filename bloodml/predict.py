@@ -18,6 +18,7 @@ from .data.dataset import load_batch
 from .data.images import is_image_file, unreadable_files, unreadable_summary
 from .data.input_spec import InputSpec
 from .data.masks import find_mask
+from .data.readers import find_column, native_path, read_csv
 from .errors import BloodmlError
 from .evaluation.groups import AGGREGATES, group_table
 from .evaluation.shift import ShiftProfile, descriptors, warning
@@ -143,16 +144,13 @@ def masks_for(files: list[Path], spec: InputSpec, masks_dir: Path | None) -> lis
 
 def listed_images(manifest: Path, image_column: str, group_column: str) -> tuple[list[Path], list]:
     """The images a CSV lists (paths relative to it) and, with ``group_column``, each one's group."""
-    try:
-        table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise BloodmlError(f"{manifest}: not a readable CSV ({str(exc).splitlines()[0][:120]}); fix or re-export it.")
-    table.columns = [str(c).strip().lstrip("\ufeff") for c in table.columns]
+    table = read_csv(manifest)  # as training reads a manifest: BOM, delimiter, whitespace
+    image_column, group_column = find_column(table.columns, image_column), find_column(table.columns, group_column)
     for column in (image_column, group_column):
         if column and column not in table.columns:
             raise BloodmlError(f"{manifest}: no column '{column}' (columns: {', '.join(table.columns)}); pass "
                                f"--image-column/--group-column with the right names.")
-    files = [manifest.parent / value for value in table[image_column]]
+    files = [manifest.parent / native_path(manifest.parent, value) for value in table[image_column]]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise BloodmlError(f"{missing[0]}: listed in {manifest} but not found ({len(missing)} of {len(files)} missing); "

@@ -137,3 +137,20 @@ def test_predict_leaves_out_unreadable_images_and_says_which(make_folders, tmp_p
     (only / "empty.png").write_bytes(b"")
     code, stdout, stderr = run_cli(capsys, "predict", "-m", result.run_id, only, "-o", tmp_path / "none.csv")
     assert code == 2 and "none of the 2 images can be read, e.g. " in stderr and stderr.count("\n") == 1
+
+
+def test_predict_reads_a_listing_csv_as_training_reads_a_manifest(make_folders, tmp_path, capsys):
+    """A listing written by a European spreadsheet on Windows: BOM, semicolons, an 'Image' header, backslash
+    paths. predict reads it as training would and gives the predictions of the same files passed directly."""
+    root = make_folders(per_class=8)
+    result = run_training(build_config(None, tiny_overrides(root, epochs=1, gradcam_samples=0, masks_dir="masks")))
+    names = sorted(p.name for p in (root / "alpha").iterdir())
+    (root / "list.csv").write_text("\ufeff Image ;Patient\r\n" + "".join(f"alpha\\{n};p{i % 2}\r\n"
+                                                                        for i, n in enumerate(names)), encoding="utf-8")
+    direct, listed = tmp_path / "direct.csv", tmp_path / "listed.csv"
+    assert run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "-o", direct)[0] == 0
+    code, _, stderr = run_cli(capsys, "predict", "-m", result.run_id, root / "list.csv", "-o", listed)
+    assert code == 0, stderr
+    ours, theirs = pd.read_csv(listed), pd.read_csv(direct)
+    assert len(ours) == len(names) == 8
+    pd.testing.assert_frame_equal(ours.drop(columns="file"), theirs.drop(columns="file"))

@@ -80,13 +80,19 @@ def find_column(columns, name: str) -> str:
     return matches[0] if len(matches) == 1 else name
 
 
+def native_path(root: Path, relative: str) -> str:
+    """A path as a CSV gives it, in this system's form: a manifest written on Windows (``imgs\\c0.png``) works
+    elsewhere, unless a file of that literal name exists."""
+    if "\\" in relative and os.sep != "\\" and not (Path(root) / relative).exists():
+        return PureWindowsPath(relative).as_posix()
+    return relative
+
+
 def _inside(root: Path, relative: str, source: str) -> Path:
     """Resolve ``relative`` against ``root`` and refuse anything (``../``, symlinks) that leaves it."""
     if not relative:
         raise BloodmlError(f"{source}: empty file name; fill it in or remove the row.")
-    if "\\" in relative and os.sep != "\\" and not (root / relative).exists():
-        relative = PureWindowsPath(relative).as_posix()  # a manifest written on Windows (imgs\\c0.png)
-    candidate = Path(relative)
+    candidate = Path(native_path(root, relative))
     path = candidate if candidate.is_absolute() else root / candidate
     resolved = path.resolve()
     if not resolved.is_relative_to(root.resolve()):
