@@ -123,23 +123,29 @@ def adapted_model(network, spec: InputSpec, paths: list[str], mask_paths: list[s
     return InMemoryModel(adapted)
 
 
-def masks_for(files: list[Path], spec: InputSpec, masks_dir: Path | None) -> list[str | None]:
-    """Each image's mask under ``masks_dir`` (the rule training used); a masked model needs one for every image
-    unless its segmenter draws the missing ones."""
+def masked_inputs(files: list[Path], groups: list | None, spec: InputSpec,
+                  masks_dir: Path | None) -> tuple[list[Path], list | None, list[str | None]]:
+    """The files to predict, their groups and each one's mask under ``masks_dir`` (the rule training used). A
+    masked model needs a mask for every image unless its segmenter draws the missing ones: images without one are
+    left out and named in one line (as ``evaluate`` does); none with a mask is an error."""
     if not spec.masked or spec.masks_from == "model":
-        return [None] * len(files)
-    found = []
-    for path in files:
-        mask = find_mask(path, masks_dir) if masks_dir is not None else None
-        if mask is None and spec.segmented:
-            found.append(None)
-            continue
-        if mask is None:
-            raise BloodmlError(f"{path}: the model was trained with masks={spec.mask_mode} and needs this image's "
-                               f"mask; pass --masks-dir with the mask at the image's sub-path ({path.stem}.*), or "
-                               f"--masks-from auto --segmenter <uri> to let a segmenter draw it.")
-        found.append(str(mask))
-    return found
+        return files, groups, [None] * len(files)
+    found = [find_mask(path, masks_dir) if masks_dir is not None else None for path in files]
+    if spec.segmented or all(mask is not None for mask in found):
+        return files, groups, [str(mask) if mask is not None else None for mask in found]
+    lacking = [str(path) for path, mask in zip(files, found) if mask is None]
+    how = (f"pass --masks-dir with the masks at the images' sub-paths ({Path(lacking[0]).stem}.*), or "
+           f"--masks-from auto --segmenter <uri> to let a segmenter draw them")
+    if len(lacking) == len(files):
+        where = f" (none of the {len(files)} images has one in {masks_dir})" if masks_dir is not None else ""
+        raise BloodmlError(f"{lacking[0]}: the model was trained with masks={spec.mask_mode} and needs each image's "
+                           f"mask{where}; {how}.")
+    keep = [i for i, mask in enumerate(found) if mask is not None]
+    say(f"left out {len(lacking)} of {len(files)} image(s) without a mask, not in the predictions (the model was "
+        f"trained with masks={spec.mask_mode}): {', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''}; "
+        f"to predict them too, {how}")
+    return ([files[i] for i in keep], [groups[i] for i in keep] if groups is not None else None,
+            [str(found[i]) for i in keep])
 
 
 def listed_images(manifest: Path, image_column: str, group_column: str) -> tuple[list[Path], list]:
@@ -200,7 +206,8 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     if not files:
         raise BloodmlError(f"no images found in {', '.join(map(str, inputs))}; pass image files, folders or a CSV.")
     files, groups = readable_inputs(files, groups)
-    paths, mask_paths = [str(f) for f in files], masks_for(files, spec, masks)
+    files, groups, mask_paths = masked_inputs(files, groups, spec, masks)
+    paths = [str(f) for f in files]
     if adapt_bn:
         model = adapted_model(model, spec, paths, mask_paths, batch, blur=test_blur)
     points: list = []

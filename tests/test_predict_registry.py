@@ -54,11 +54,27 @@ def test_predict_needs_masks_for_a_masked_model(make_folders, tmp_path, capsys):
     root = make_folders(per_class=8)
     result = run_training(build_config(None, tiny_overrides(root, masks="cell", masks_dir="masks", epochs=1,
                                                              gradcam_samples=0)))
+    capsys.readouterr()  # training's own lines
     code, _, err = run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "-o", tmp_path / "p.csv")
-    assert code == 2 and "needs this image's mask" in err
+    assert code == 2 and "needs each image's mask; pass --masks-dir" in err and err.count("\n") == 1
     code, out, err = run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "--masks-dir", root / "masks",
                              "-o", tmp_path / "p.csv")
     assert code == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 8, err
+    everything = pd.read_csv(tmp_path / "p.csv")
+    # one image without its mask among eight (BCCD has one): the other seven are predicted as before, it is named
+    lost = sorted((root / "masks" / "alpha").iterdir())[0]
+    lost.unlink()
+    code, out, err = run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "--masks-dir", root / "masks",
+                             "-o", tmp_path / "p7.csv")
+    assert code == 0, err
+    rest = pd.read_csv(tmp_path / "p7.csv")
+    assert len(rest) == 7 and not rest["file"].str.contains(f"/{lost.stem}\\.").any()
+    assert "left out 1 of 8 image(s) without a mask" in out and f"{lost.stem}." in out
+    pd.testing.assert_frame_equal(rest, everything[everything["file"].isin(rest["file"])].reset_index(drop=True))
+    for mask in (root / "masks" / "alpha").iterdir():  # none left: refused with one line
+        mask.unlink()
+    code, _, err = run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "--masks-dir", root / "masks")
+    assert code == 2 and "none of the 8 images has one in" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, "predict", "-m", "models:/nothing@champion", root / "alpha")
     assert code == 2 and "could not be loaded" in err
 
