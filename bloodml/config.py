@@ -39,7 +39,8 @@ class RunConfig:
     group_column: str = _p("", "manifest column with patient/smear IDs kept on one side of the split", group="data")
     group_labels: bool = _p(False, "the label belongs to the group (a patient's diagnosis): refuse a group whose "
                                    "cells carry two labels", group="data")
-    masks_dir: str = _p("", "folders layout: parallel folder of masks, same sub-paths", group="data")
+    masks_dir: str = _p("", "folders layout: parallel folder of masks, same sub-paths (relative to data, else to "
+                           "the working folder)", group="data")
     image_suffix: str = _p(".bmp", "wbc layout: image file extension", group="data")
     mask_suffix: str = _p(".png", "wbc layout: mask file extension", group="data")
     class_names: str = _p("", "label code -> name, e.g. '1=neutrophil,2=lymphocyte' (wbc layout has defaults)",

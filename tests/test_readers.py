@@ -60,6 +60,17 @@ def test_folders_layout_with_masks_dir(make_folders):
     assert set(table["label"]) == {"alpha", "beta", "gamma"}
 
 
+def test_masks_dir_typed_relative_to_the_working_folder(make_folders, tmp_path, monkeypatch):
+    root = make_folders(per_class=3)
+    (root / "masks").rename(tmp_path / "their_masks")  # beside the data, not inside it
+    monkeypatch.chdir(tmp_path)
+    table, _, _ = read_dataset(root, ReaderOptions(masks_dir="their_masks"))
+    assert len(table) == 9 and table["mask_path"].notna().all()
+    assert all(str(tmp_path / "their_masks") in m for m in table["mask_path"])
+    with pytest.raises(BloodmlError, match=r"^masks_dir nowhere: not a folder \(looked for .*nowhere and .*nowhere\)"):
+        read_dataset(root, ReaderOptions(masks_dir="nowhere"))
+
+
 def test_zip_of_a_dataset(make_folders, tmp_path):
     root = make_folders(per_class=2)
     archive = tmp_path / "ds.zip"

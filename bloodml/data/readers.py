@@ -207,10 +207,7 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
     folder = Path(folder)
     masks_root = None
     if options.masks_dir:
-        masks_root = Path(options.masks_dir)
-        masks_root = masks_root if masks_root.is_absolute() else folder / masks_root
-        if not masks_root.is_dir():
-            raise BloodmlError(f"masks_dir {masks_root} is not a folder; fix the path or leave masks_dir empty.")
+        masks_root = masks_folder(folder, options.masks_dir)
     rows = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if masks_root is not None and class_dir.resolve() == masks_root.resolve():
@@ -221,6 +218,18 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
             rows.append({"path": path, "label": class_dir.name, "mask_path": mask, "group": None,
                          "source": str(path)})
     return _finish(rows, folder)
+
+
+def masks_folder(folder: Path, masks_dir: str) -> Path:
+    """``masks_dir`` as given: absolute, relative to the data folder (as in a run file), or, failing that,
+    relative to the working folder (as typed on a command line)."""
+    given = Path(masks_dir)
+    tried = [given] if given.is_absolute() else [folder / given, Path.cwd() / given]
+    for candidate in tried:
+        if candidate.is_dir():
+            return candidate
+    raise BloodmlError(f"masks_dir {masks_dir}: not a folder (looked for {' and '.join(map(str, tried))}); fix the "
+                       f"path or leave masks_dir empty.")
 
 
 def _finish(rows: list[dict], source: Path) -> pd.DataFrame:
