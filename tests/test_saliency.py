@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +30,14 @@ def test_figures_on_a_constructed_saliency_map():
     assert scores["saliency_pointing_game"] == pytest.approx(0.5)  # the flat map's maxima include the cell
     assert scores["saliency_relevance_chance"] == pytest.approx(0.25)
     assert saliency_scores(np.stack([saliency]), regions[:1], np.array([False])) == {}
+    # a map with no positive saliency (an untrained network's Grad-CAM) points nowhere: left out, not a hit or a NaN
+    blank = np.zeros((4, 4))
+    with_blank = saliency_scores(np.stack([saliency, np.ones((4, 4)), blank]), regions[[0, 0, 0]],
+                                 np.array([True, True, True]))
+    assert with_blank == scores
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Mean of empty slice" either
+        assert saliency_scores(np.stack([blank]), regions[:1], np.array([True])) == {}
 
 
 def test_gradcam_runs_on_a_frozen_backbone():
