@@ -22,7 +22,7 @@ from .cache.store import FeatureStore
 from .compute import CPU, Compute, resolve as resolve_compute
 from .config import RunConfig
 from .data.acquisition import Acquisition
-from .data.dataset import ImageSet, preload, stray_note
+from .data.dataset import ImageSet, cell_free_note, preload, stray_note
 from .data.input_spec import InputSpec
 from .data.prepare import PreparedData, prepare
 from .data.splits import dataset_name, manifest
@@ -120,7 +120,7 @@ def load_splits(data: PreparedData, spec: InputSpec, progress: bool, segmenter=N
     """Every split's images and region maps, decoded once at the spec's size and codes (the segmenter draws the
     maps the spec asks it for)."""
     sets = {name: preload(data.split(name), data.classes, spec, progress, segmenter) for name in SPLITS}
-    for note in (stray_note(sets.values()), segmented_note(sets, segmenter, data)):
+    for note in (stray_note(sets.values()), segmented_note(sets, segmenter, data), cell_free_note(data.split, spec, sets)):
         if note:
             say(f"note: {note}")
     return sets

@@ -104,3 +104,23 @@ def test_masks_requested_but_absent(make_folders, capsys):
 def test_absurd_parameters(make_wbc, capsys, option, value, fragment):
     root = make_wbc(per_class=3)
     assert fragment in _train(capsys, root, option, value)
+
+
+def test_masks_that_mark_no_cell(make_folders, capsys):
+    import numpy as np
+
+    root = make_folders(per_class=6)
+    masks = sorted((root / "masks").rglob("*.png"))
+    blank = np.zeros_like(np.asarray(Image.open(masks[0])))
+    for mask in masks[:2]:  # two of eighteen: trained, with a note naming them
+        Image.fromarray(blank).save(mask)
+    code, out, err = run_cli(capsys, "train", "--data", root, "--masks_dir", "masks", "--masks", "cell",
+                             "--backbone", TINY_BACKBONE, "--pretrained", "false", "--image_size", "32", "--epochs",
+                             "1", "--min_class_count", "2", "--near_duplicate_distance", "-1", "--gradcam_samples", "0")
+    assert code == 0, err
+    note = next(line for line in out.splitlines() if "mark no cell" in line)
+    assert note.startswith("note: 2 of 18 masks mark no cell, so masks=cell") and all(str(m) in note for m in masks[:2])
+    for mask in masks:  # every one: refused
+        Image.fromarray(blank).save(mask)
+    err = _train(capsys, root, "--masks_dir", "masks", "--masks", "crop_cell")
+    assert "no mask marks a cell (all 18 are background only)" in err

@@ -144,6 +144,29 @@ def preload(table: pd.DataFrame, classes: list[str], spec: InputSpec, progress: 
                     torch.tensor(segmented, dtype=torch.bool))
 
 
+def cell_free_masks(table: pd.DataFrame, images: ImageSet) -> list[str]:
+    """The mask files (of ``table``'s images, loaded as ``images``) whose region map marks no cell pixel."""
+    empty = (images.has_mask & (images.regions.flatten(1).amax(1) == 0)).numpy()
+    return [str(path) for path in table["mask_path"].to_numpy()[empty]]
+
+
+def cell_free_note(split_table, spec: InputSpec, sets: dict[str, ImageSet]) -> str:
+    """One line on masks that mark no cell (a masked mode then shows the network nothing of those cells); every
+    mask empty is refused (the wrong files, or codes read as background). ``split_table(name)``: a split's rows."""
+    if not spec.masked:
+        return ""
+    empty = [path for name, images in sets.items() for path in cell_free_masks(split_table(name), images)]
+    if not empty:
+        return ""
+    total = sum(int(images.has_mask.sum()) for images in sets.values())
+    if len(empty) == total:
+        raise BloodmlError(f"{empty[0]}: no mask marks a cell (all {total} are background only), so masks="
+                           f"{spec.mask_mode} would show the network nothing of the cells; check the mask files or "
+                           f"mask_codes, or use masks=none.")
+    return (f"{len(empty)} of {total} masks mark no cell, so masks={spec.mask_mode} shows the network none of "
+            f"those cells: {', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}; fix or remove them")
+
+
 def stray_note(sets) -> str:
     """One line on masks whose stray pixels were filled (empty when none had any)."""
     counts = torch.cat([s.strays for s in sets if s.strays is not None])
