@@ -112,9 +112,16 @@ def test_manifest_without_the_label_column(tmp_path, capsys):
     assert "label_column=" in _fails(capsys, "data", "inspect", "--data", path)
 
 
-def test_empty_label_cell(tmp_path, capsys):
-    path = _manifest(tmp_path, _default_rows() + ["c1.png,"])
-    assert "m.csv:14: empty label" in _fails(capsys, "data", "inspect", "--data", path)
+def test_rows_without_a_label_are_left_out_and_named(tmp_path, capsys):
+    rows = _default_rows()
+    unlabelled = rows[:2] + [rows[2].split(",")[0] + ","]  # two images, then a third without its label
+    path = _manifest(tmp_path, unlabelled + rows[3:] + [",", ""])  # and a blank spreadsheet row at the end
+    out = _works(capsys, "data", "inspect", "--data", path, "--min_class_count", "2")
+    assert f"{path}: left out 1 row(s) with an empty label (line 4); label them to use them" in out
+    assert "11 images" in out
+    path = _manifest(tmp_path, [row.split(",")[0] + "," for row in rows], name="none.csv")
+    assert "none of its 12 rows has a label (lines 2, 3, 4, 5, 6, ...)" in _fails(
+        capsys, "data", "inspect", "--data", path)
 
 
 def test_path_escaping_with_dotdot(tmp_path, capsys):
@@ -189,3 +196,11 @@ def test_fractions_that_leave_nothing_to_train(make_wbc, capsys):
     root = make_wbc(per_class=6)
     assert "too little to train on" in _fails(capsys, "train", "--data", root, "--val_fraction", "0.5",
                                               "--test_fraction", "0.47", *FAST)
+
+
+def test_wbc_layout_rows_without_a_label(make_wbc, capsys):
+    root = make_wbc(per_class=5)
+    text = (root / "labels.csv").read_bytes().replace(b"\r\n3,1\r\n", b"\r\n3,\r\n") + b",\r\n"
+    (root / "labels.csv").write_bytes(text)
+    out = _works(capsys, "data", "inspect", "--data", root, "--min_class_count", "2")
+    assert "left out 1 row(s) with an empty label (line 4)" in out and "9 images" in out

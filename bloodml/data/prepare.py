@@ -50,6 +50,7 @@ def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.Da
     """Samples with final class names, rare classes dropped. Returns (table, format, root, notes)."""
     options = reader_options(config)
     table, fmt, root = read_dataset(locate(config.data) or config.data, options, workdir)
+    read_notes = list(table.attrs.get("notes", []))  # rows the reader left out
     unused = unused_csv_note(root, fmt, options)
     names = parse_class_names(config.class_names) if config.class_names else default_class_names(fmt)
     table = apply_class_names(table, names)
@@ -57,7 +58,7 @@ def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.Da
     if config.positive_classes:
         table = group_binary(table, config.positive_classes.split(","), config.negative_name)
     table, notes = drop_rare_classes(table, config.min_class_count)
-    return table, fmt, root, ([unused] if unused else []) + merged + notes
+    return table, fmt, root, read_notes + ([unused] if unused else []) + merged + notes
 
 
 def require_masks(table: pd.DataFrame, mask_mode: str, masks_from: str = "expert") -> None:

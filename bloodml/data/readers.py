@@ -128,12 +128,15 @@ def read_manifest(csv_path: Path, options: ReaderOptions) -> pd.DataFrame:
          "mask_column": mask_column, "group_column": group_column},
         csv_path,
     )
-    rows = []
+    rows, unlabelled = [], []
     for line, row in enumerate(table.to_dict("records"), start=2):
         where = f"{csv_path}:{line}"
         label = row[label_column]
+        if not any(row.values()):  # a blank row (",,," from a spreadsheet)
+            continue
         if label == "":
-            raise BloodmlError(f"{where}: empty label; fill it in or remove the row.")
+            unlabelled.append(line)
+            continue
         mask = row[mask_column] if mask_column else ""
         rows.append({
             "path": _inside(root, row[image_column], where),
@@ -148,7 +151,7 @@ def read_manifest(csv_path: Path, options: ReaderOptions) -> pd.DataFrame:
         raise BloodmlError(f"{csv_path}: {len(missing)} of {len(rows)} rows name an image that does not exist ("
                            f"{shown}{', ...' if len(missing) > 3 else ''}); fix the paths (relative to the CSV's "
                            f"folder) or remove the rows.")
-    return _finish(rows, csv_path)
+    return _finish(rows, csv_path, unlabelled)
 
 
 def csv_files(folder: Path) -> list[Path]:
@@ -182,9 +185,12 @@ def read_wbc(folder: Path, options: ReaderOptions) -> pd.DataFrame:
                 masks[int(path.stem)] = path
     id_col, label_col = table.columns[0], table.columns[1]
     rows, seen = [], {}
+    unlabelled = []
     for line, row in enumerate(table.to_dict("records"), start=2):
         where = f"{csv_path}:{line}"
         ident = row[id_col]
+        if not any(row.values()):  # a blank row (",," from a spreadsheet)
+            continue
         if not re.fullmatch(r"\d+", ident):
             raise BloodmlError(f"{where}: image ID '{ident}' is not a number; fix the row.")
         number = int(ident)
@@ -196,11 +202,12 @@ def read_wbc(folder: Path, options: ReaderOptions) -> pd.DataFrame:
             raise BloodmlError(f"{where}: no image file for ID {number} (expected e.g. "
                                f"{number:03d}{options.image_suffix} in {folder}); add it or remove the row.")
         if row[label_col] == "":
-            raise BloodmlError(f"{where}: empty label; fill it in or remove the row.")
+            unlabelled.append(line)
+            continue
         image = _inside(folder, by_number[number].name, where)
         mask = _inside(folder, masks[number].name, where) if number in masks else None
         rows.append({"path": image, "label": row[label_col], "mask_path": mask, "group": None, "source": where})
-    return _finish(rows, csv_path)
+    return _finish(rows, csv_path, unlabelled)
 
 
 def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
@@ -232,10 +239,21 @@ def masks_folder(folder: Path, masks_dir: str) -> Path:
                        f"path or leave masks_dir empty.")
 
 
-def _finish(rows: list[dict], source: Path) -> pd.DataFrame:
+def _finish(rows: list[dict], source: Path, unlabelled: list[int] | None = None) -> pd.DataFrame:
+    """The sample table; rows left out for an empty label (their CSV line numbers) are named in
+    ``table.attrs["notes"]``, and a file with labels on none of its rows is refused."""
+    unlabelled = unlabelled or []
+    lines = ("line " if len(unlabelled) == 1 else "lines ") + ", ".join(map(str, unlabelled[:5])) + (
+        ", ..." if len(unlabelled) > 5 else "")
+    if not rows and unlabelled:
+        raise BloodmlError(f"{source}: none of its {len(unlabelled)} rows has a label ({lines}); fill in the "
+                           f"labels or set label_column= to the column that holds them.")
     if not rows:
         raise BloodmlError(f"{source}: no labelled images found; check the folder and the format= option.")
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    if unlabelled:
+        table.attrs["notes"] = [f"{source}: left out {len(unlabelled)} row(s) with an empty label ({lines}); "
+                                f"label them to use them"]
     table["path"] = table["path"].map(str)
     table["mask_path"] = table["mask_path"].map(lambda p: str(p) if p is not None else None)
     duplicated = table["path"].duplicated()
