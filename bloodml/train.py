@@ -119,8 +119,10 @@ def masks_source(spec: InputSpec):
 def load_splits(data: PreparedData, spec: InputSpec, progress: bool, segmenter=None) -> dict[str, ImageSet]:
     """Every split's images and region maps, decoded once at the spec's size and codes (the segmenter draws the
     maps the spec asks it for)."""
-    sets = {name: preload(data.split(name), data.classes, spec, progress, segmenter) for name in SPLITS}
-    for note in (stray_note(sets.values()), segmented_note(sets, segmenter, data), cell_free_note(data.split, spec, sets)):
+    every = preload(data.table, data.classes, spec, progress, segmenter)  # one pass: every bad file named at once
+    sets = {name: every.subset((data.table["split"] == name).to_numpy().nonzero()[0]) for name in SPLITS}
+    notes = (stray_note(sets.values()), segmented_note(sets, segmenter, data), cell_free_note(data.split, spec, sets))
+    for note in notes:
         if note:
             say(f"note: {note}")
     return sets

@@ -85,6 +85,14 @@ def test_corrupt_mask(make_wbc, capsys):
     (root / "004.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     err = _fails(capsys, "train", "--data", root, "--masks", "cell", *FAST)
     assert "004.png: " in err and ("not a readable image" in err or "corrupt" in err)
+    # several bad masks, whichever splits they fall in, and one with a foreign code: all named in the one line
+    (root / "009.png").write_bytes(b"")
+    mask = np.asarray(Image.open(root / "011.png")).copy()
+    mask[2:12, 2:12] = 77
+    Image.fromarray(mask).save(root / "011.png")
+    err = _fails(capsys, "train", "--data", root, "--masks", "cell", *FAST)
+    assert err.startswith("error: 3 images or masks cannot be used: ")
+    assert all(f"{n}.png: " in err for n in ("004", "009", "011")) and "mask codes" in err
 
 
 def test_duplicated_ids(make_wbc, capsys):

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import BloodmlError
-from .images import read_rgb
+from .images import read_rgb, unreadable_summary
 from .input_spec import InputSpec
 from .masks import crop_box, parse_mask_codes, read_regions
 
@@ -128,16 +128,27 @@ def load_batch(paths, mask_paths, spec: InputSpec, segmenter: Segmenter | None =
 
 def preload(table: pd.DataFrame, classes: list[str], spec: InputSpec, progress: bool = True,
             segmenter: Segmenter | None = None) -> ImageSet:
-    images, regions, has_mask, strays, segmented = [], [], [], [], []
+    """Every row's image and region map at the spec's size. Files that cannot be used (unreadable, unknown mask
+    codes, a mask of another shape) are all named in one error, not one per attempt."""
+    images, regions, has_mask, strays, segmented, problems = [], [], [], [], [], []
     rows = table[["path", "mask_path"]].itertuples(index=False)
     for path, mask_path in tqdm(rows, total=len(table), desc="loading images", disable=not progress, leave=False):
-        image, region, found, stray, drawn = load_sample(path, mask_path if isinstance(mask_path, str) else None,
-                                                         spec, segmenter)
+        try:
+            image, region, found, stray, drawn = load_sample(path, mask_path if isinstance(mask_path, str) else None,
+                                                             spec, segmenter)
+        except BloodmlError as exc:
+            problems.append(str(exc))
+            continue
         images.append(image)
         regions.append(region)
         has_mask.append(found)
         strays.append(stray)
         segmented.append(drawn)
+    if len(problems) == 1:
+        raise BloodmlError(problems[0])
+    if problems:
+        raise BloodmlError(f"{len(problems)} images or masks cannot be used: {unreadable_summary(problems)}; fix or "
+                           f"replace them, or remove their rows.")
     index = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([index[label] for label in table["label"]], dtype=torch.long)
     return ImageSet(torch.stack(images), torch.stack(regions), torch.tensor(has_mask), labels, torch.tensor(strays),
