@@ -34,10 +34,11 @@ def test_figures_on_a_constructed_saliency_map():
     blank = np.zeros((4, 4))
     with_blank = saliency_scores(np.stack([saliency, np.ones((4, 4)), blank]), regions[[0, 0, 0]],
                                  np.array([True, True, True]))
-    assert with_blank == scores
+    assert with_blank == {**scores, "saliency_blank_maps": 1.0} and scores["saliency_blank_maps"] == 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "Mean of empty slice" either
-        assert saliency_scores(np.stack([blank]), regions[:1], np.array([True])) == {}
+        assert saliency_scores(np.stack([blank]), regions[:1], np.array([True])) == {
+            "saliency_images": 0.0, "saliency_blank_maps": 1.0}
 
 
 def test_gradcam_runs_on_a_frozen_backbone():

@@ -157,7 +157,7 @@ def _saliency(model, test: ImageSet, paths: list[str], classes: list[str], setti
     rows = []
     for k, i in enumerate(sample):
         inside = regions[k] > 0
-        usable = has_mask[k] and inside.any() and not inside.all()
+        usable = has_mask[k] and inside.any() and not inside.all() and (maps[k] > 0).any()  # blank: points nowhere
         positive = np.clip(maps[k], 0, None)
         rows.append({"file": paths[i], "predicted": classes[predicted[k]],
                      "relevance_mass": float(positive[inside].sum() / positive.sum()) if usable and positive.sum() else None,
@@ -208,7 +208,9 @@ def summary_markdown(metrics: dict, classes: list[str], best_epoch: int, binary:
         lines += [f"Grad-CAM on {metrics['saliency_images']:.0f} test images: relevance mass inside the cell "
                   f"{metrics['saliency_relevance_mass']:.3f} (chance {metrics['saliency_relevance_chance']:.3f}); "
                   f"pointing game {metrics['saliency_pointing_game']:.3f} (chance "
-                  f"{metrics['saliency_pointing_chance']:.3f}).", ""]
+                  f"{metrics['saliency_pointing_chance']:.3f})."
+                  + (f" {metrics['saliency_blank_maps']:.0f} blank map(s) left out." if metrics.get(
+                      "saliency_blank_maps") else ""), ""]
     lines += [f"- [{name}]({name})" for name in sorted(p.name for p in out.iterdir()
                                                        if p.suffix in (".png", ".csv", ".json"))]
     return "\n".join(lines) + "\n"

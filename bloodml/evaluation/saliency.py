@@ -58,18 +58,26 @@ def gradcam_maps(classifier, inputs: torch.Tensor, batch: int = 16) -> tuple[np.
 
 
 def saliency_scores(maps: np.ndarray, regions: np.ndarray, has_mask: np.ndarray) -> dict[str, float]:
-    """Mean relevance mass and pointing-game hit rate inside the cell (cytoplasm + nucleus), with chance levels.
-    Images without a usable mask, and maps with no positive saliency (nothing to point at), are left out."""
-    mass, hits, chance = [], [], []
+    """Mean relevance mass and pointing-game hit rate inside the cell (cytoplasm + nucleus), with chance levels,
+    over the images with a usable mask. A map with no positive saliency points at nothing: it is counted
+    (``saliency_blank_maps``) and left out of the measures. Empty when no image has a usable mask."""
+    mass, hits, chance, blank = [], [], [], 0
     for saliency, region, masked in zip(maps, regions, has_mask):
         inside = region > 0
-        if not masked or not inside.any() or inside.all() or not (saliency > 0).any():
+        if not masked or not inside.any() or inside.all():
+            continue
+        if not (saliency > 0).any():
+            blank += 1
             continue
         mass.append(relevance_mass(saliency, inside))
         hits.append(pointing_hit(saliency, inside))
         chance.append(chance_level(inside))
-    if not mass:
+    if not mass and not blank:
         return {}
-    return {"saliency_relevance_mass": float(np.mean(mass)), "saliency_relevance_chance": float(np.mean(chance)),
-            "saliency_pointing_game": float(np.mean(hits)), "saliency_pointing_chance": float(np.mean(chance)),
-            "saliency_images": float(len(mass))}
+    scores = {"saliency_images": float(len(mass)), "saliency_blank_maps": float(blank)}
+    if mass:
+        scores.update({"saliency_relevance_mass": float(np.mean(mass)),
+                       "saliency_relevance_chance": float(np.mean(chance)),
+                       "saliency_pointing_game": float(np.mean(hits)),
+                       "saliency_pointing_chance": float(np.mean(chance))})
+    return scores
