@@ -45,9 +45,13 @@ def test_run_logs_everything_and_the_model_works_in_a_new_process(make_wbc, tmp_
     evaluation = {a.path.split("/")[-1] for a in client.list_artifacts(result.run_id, "evaluation")}
     assert {"summary.md", "metrics.json", "learning_curves.png", "confusion_matrix.png", "confusion_matrix.csv",
             "reliability.png", "misclassified.png", "gradcam.png", "predictions_test.csv", "roc.png"} <= evaluation
-    for key in ("test_accuracy_ci_low", "test_mcc_ci_high", "test_roc_auc", "test_sensitivity", "test_ece",
-                "saliency_relevance_mass", "saliency_relevance_chance", "saliency_pointing_game"):
+    for key in ("test_accuracy_ci_low", "test_mcc_ci_high", "test_roc_auc", "test_sensitivity", "test_ece"):
         assert key in run.data.metrics, key
+    # Grad-CAM scored every masked test image: a usable map, or a blank one (points at nothing) counted apart
+    scored = run.data.metrics
+    assert scored["saliency_images"] + scored["saliency_blank_maps"] == scored["n_test"] == 6
+    for key in ("saliency_relevance_mass", "saliency_relevance_chance", "saliency_pointing_game"):
+        assert (key in scored) == (scored["saliency_images"] > 0), key
     manifest = pd.read_csv(client.download_artifacts(result.run_id, "split_manifest.csv", str(tmp_path)))
     assert list(manifest.columns[:6]) == ["path", "label", "group", "split", "sha256", "phash"]
     assert manifest.groupby("group")["split"].nunique().max() == 1 and len(manifest) == 40
