@@ -86,23 +86,29 @@ class InMemoryModel:
 
 
 def network_inputs(spec: InputSpec, paths: list[str], mask_paths: list[str | None], batch: int = 32,
-                   mask_codes: str = "", blur: float = 0.0):
+                   mask_codes: str = "", blur: float = 0.0, cell_free: list | None = None):
     """Batches of network input: each image read and masked as ``spec`` says, exactly as in training (``mask_codes``
-    overrides the codes stored with the model: another lab's masks), then blurred by ``blur`` (test_blur)."""
+    overrides the codes stored with the model: another lab's masks), then blurred by ``blur`` (test_blur).
+    ``cell_free``, a list, receives the paths of the masks that mark no cell (a masked spec shows nothing there)."""
     if mask_codes:
         spec = replace(spec, mask_codes=mask_codes)
     segmenter = segmenter_for(spec)
     for start in range(0, len(paths), batch):
-        images, regions = load_batch(paths[start:start + batch], mask_paths[start:start + batch], spec, segmenter)
+        masks = mask_paths[start:start + batch]
+        images, regions = load_batch(paths[start:start + batch], masks, spec, segmenter)
+        if cell_free is not None and spec.masked:
+            empty = (regions.flatten(1).amax(1) == 0).tolist()
+            cell_free.extend(mask for mask, blank in zip(masks, empty) if blank and mask)
         yield sharpness_blur(spec.network_input(images, regions), blur)
 
 
 def model_probabilities(model, spec: InputSpec, paths: list[str], mask_paths: list[str | None], batch: int = 32,
-                        mask_codes: str = "", shift: list | None = None, blur: float = 0.0) -> np.ndarray:
+                        mask_codes: str = "", shift: list | None = None, blur: float = 0.0,
+                        cell_free: list | None = None) -> np.ndarray:
     """Class probabilities (N, C) of a loaded bloodml model on these images (see :func:`network_inputs`);
-    ``shift``, a list, receives the images' domain-shift descriptors."""
+    ``shift``, a list, receives the images' domain-shift descriptors, ``cell_free`` the masks that mark no cell."""
     parts = []
-    for x in network_inputs(spec, paths, mask_paths, batch, mask_codes, blur):
+    for x in network_inputs(spec, paths, mask_paths, batch, mask_codes, blur, cell_free):
         if shift is not None:
             shift.append(descriptors(x))
         parts.append(np.asarray(model.predict(x.numpy().astype(np.float32))))
@@ -211,7 +217,13 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     if adapt_bn:
         model = adapted_model(model, spec, paths, mask_paths, batch, blur=test_blur)
     points: list = []
-    probabilities = model_probabilities(model, spec, paths, mask_paths, batch, shift=points, blur=test_blur)
+    cell_free: list = []
+    probabilities = model_probabilities(model, spec, paths, mask_paths, batch, shift=points, blur=test_blur,
+                                        cell_free=cell_free)
+    if cell_free:
+        say(f"note: {len(cell_free)} of {len(paths)} masks mark no cell, so the model (masks={spec.mask_mode}) saw "
+            f"nothing of those cells and their predictions mean little: {', '.join(map(str, cell_free[:3]))}"
+            f"{' ...' if len(cell_free) > 3 else ''}; fix the masks")
     shift_check(profile, points)
     table = probability_table(probabilities, classes, label="predicted_label")
     table.insert(0, "file", [str(path) for path in files])

@@ -4,6 +4,7 @@ import sys
 import mlflow
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from bloodml.config import build_config
 from bloodml.train import run_training
@@ -61,6 +62,16 @@ def test_predict_needs_masks_for_a_masked_model(make_folders, tmp_path, capsys):
                              "-o", tmp_path / "p.csv")
     assert code == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 8, err
     everything = pd.read_csv(tmp_path / "p.csv")
+    assert "mark no cell" not in out
+    blank = sorted((root / "masks" / "alpha").iterdir())[-1]  # a mask that marks no cell: predicted, and named
+    kept = blank.read_bytes()
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(blank)))).save(blank)
+    code, out, err = run_cli(capsys, "predict", "-m", result.run_id, root / "alpha", "--masks-dir", root / "masks",
+                             "-o", tmp_path / "pb.csv")
+    assert code == 0 and len(pd.read_csv(tmp_path / "pb.csv")) == 8, err
+    assert "note: 1 of 8 masks mark no cell, so the model (masks=cell) saw nothing of those cells" in out
+    assert str(blank) in out
+    blank.write_bytes(kept)
     # one image without its mask among eight (BCCD has one): the other seven are predicted as before, it is named
     lost = sorted((root / "masks" / "alpha").iterdir())[0]
     lost.unlink()
