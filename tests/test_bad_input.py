@@ -1,5 +1,7 @@
 """Bad input through the CLI: one line naming the file or value and the fix, exit code 2, no traceback."""
 
+import re
+
 import pytest
 from PIL import Image
 
@@ -92,7 +94,22 @@ def test_unknown_backbone(make_wbc, capsys):
 
 def test_masks_requested_but_absent(make_folders, capsys):
     root = make_folders(per_class=6)
-    assert "no mask found" in _train(capsys, root, "--masks", "cell")
+    assert re.search(r"no mask found \((\d+) of \1 images lack one; up to 5% would be left out\)",
+                     _train(capsys, root, "--masks", "cell"))
+
+
+def test_a_straggler_without_a_mask_is_left_out(make_folders, capsys):
+    root = make_folders(per_class=14)
+    (root / "masks" / "beta" / "cell3.png").unlink()  # 1 of 42 (2.4 %): left out, named
+    code, out, err = run_cli(capsys, "train", "--data", root, "--masks_dir", "masks", "--masks", "cell",
+                             "--backbone", TINY_BACKBONE, "--pretrained", "false", "--image_size", "32", "--epochs",
+                             "1", "--min_class_count", "2", "--near_duplicate_distance", "-1", "--gradcam_samples", "0")
+    assert code == 0, err
+    assert ("note: left out 1 of 42 images without a mask, since masks=cell needs one: cell3.png; add their masks"
+            in out) and "data: 41 images" in out
+    for name in ("cell4.png", "cell5.png"):  # 3 of 42 (7.1 %): refused
+        (root / "masks" / "beta" / name).unlink()
+    assert "no mask found (3 of 42 images lack one" in _train(capsys, root, "--masks_dir", "masks", "--masks", "cell")
 
 
 @pytest.mark.parametrize("option, value, fragment", [

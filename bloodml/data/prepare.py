@@ -61,6 +61,25 @@ def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.Da
     return table, fmt, root, read_notes + ([unused] if unused else []) + merged + notes
 
 
+# Images without a mask that a masked mode leaves out with a note (stragglers); more than this share is refused.
+UNMASKED_TOLERANCE = 0.05
+
+
+def without_unmasked(table: pd.DataFrame, mask_mode: str, masks_from: str = "expert") -> tuple[pd.DataFrame, list[str]]:
+    """A masked mode with expert masks only: a few images without a mask (at most ``UNMASKED_TOLERANCE`` of them)
+    are left out with a note; more are left for :func:`require_masks` to refuse."""
+    if mask_mode == "none" or masks_from != "expert":
+        return table, []
+    lacking = table["mask_path"].isna()
+    if not lacking.any() or lacking.mean() > UNMASKED_TOLERANCE:
+        return table, []
+    names = ", ".join(Path(path).name for path in table.loc[lacking, "path"].iloc[:3])
+    names += " ..." if lacking.sum() > 3 else ""
+    note = (f"left out {int(lacking.sum())} of {len(table)} images without a mask, since masks={mask_mode} needs one: "
+            f"{names}; add their masks, or pass masks_from=auto with a segmenter to use them")
+    return table.loc[~lacking].reset_index(drop=True), [note]
+
+
 def require_masks(table: pd.DataFrame, mask_mode: str, masks_from: str = "expert") -> None:
     """A masked mode needs every image's mask, unless a segmenter draws the missing ones (``masks_from`` auto or
     model); a mask path that names no file is refused either way."""
@@ -69,7 +88,8 @@ def require_masks(table: pd.DataFrame, mask_mode: str, masks_from: str = "expert
     missing = table.loc[table["mask_path"].isna()]
     if len(missing) and masks_from == "expert":
         raise BloodmlError(f"{missing['path'].iloc[0]}: no mask found ({len(missing)} of {len(table)} images lack "
-                           f"one) but masks={mask_mode}; add the masks (mask column / masks_dir) or use masks=none.")
+                           f"one; up to {UNMASKED_TOLERANCE:.0%} would be left out) but masks={mask_mode}; add the "
+                           f"masks (mask column / masks_dir), pass masks_from=auto with a segmenter, or use masks=none.")
     absent = [p for p in table["mask_path"].dropna() if not Path(p).is_file()]
     if absent:
         raise BloodmlError(f"{absent[0]}: mask file not found; fix the mask path or use masks=none.")
@@ -105,10 +125,11 @@ def grouped_data(config: RunConfig, workdir: Path | None = None, progress: bool 
     table, fmt, root, notes = read_labelled(config, workdir)
     if config.group_labels:
         check_one_label_per_group(table, config.data)
-    require_masks(table, config.masks if mask_mode is None else mask_mode,
-                  "expert" if config.masks_from == "expert" else "segmenter")
+    mode, source = config.masks if mask_mode is None else mask_mode, config.masks_from
+    table, unmasked = without_unmasked(table, mode, "expert" if source == "expert" else "segmenter")
+    require_masks(table, mode, "expert" if source == "expert" else "segmenter")
     table, copies, copy_notes = group_copies(table, config, progress)
-    return PreparedData(table, class_order(table), Path(root), fmt, notes + copy_notes, copies)
+    return PreparedData(table, class_order(table), Path(root), fmt, notes + unmasked + copy_notes, copies)
 
 
 def prepare(config: RunConfig, workdir: Path | None = None, progress: bool = True) -> PreparedData:
