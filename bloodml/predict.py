@@ -15,7 +15,7 @@ import torch
 
 from .data.acquisition import sharpness_blur
 from .data.dataset import load_batch
-from .data.images import is_image_file, unreadable_files, unreadable_summary
+from .data.images import IMAGE_EXTENSIONS, is_image_file, unreadable_files, unreadable_summary
 from .data.input_spec import InputSpec
 from .data.masks import find_mask
 from .data.readers import find_column, native_path, read_csv
@@ -70,7 +70,10 @@ def collect_images(inputs: list[str | Path], pattern: str = "*", exclude: Path |
         else:
             raise BloodmlError(f"{item}: no such file or folder; pass image files or folders to predict.")
     if not files:
-        raise BloodmlError(f"no images found in {', '.join(map(str, inputs))}; pass image files or folders.")
+        matching = f" matching --pattern '{pattern}'" if pattern != "*" else ""
+        raise BloodmlError(f"no images{matching} found in {', '.join(map(str, inputs))} ("
+                           f"{', '.join(sorted(IMAGE_EXTENSIONS))}); pass image files or folders"
+                           f"{', or another --pattern' if matching else ''}.")
     return files
 
 

@@ -4,6 +4,7 @@ import sys
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from bloodml.config import build_config
@@ -181,3 +182,17 @@ def test_predict_reads_a_listing_csv_as_training_reads_a_manifest(make_folders, 
     ours, theirs = pd.read_csv(listed), pd.read_csv(direct)
     assert len(ours) == len(names) == 8
     pd.testing.assert_frame_equal(ours.drop(columns="file"), theirs.drop(columns="file"))
+
+
+def test_nothing_to_predict_says_what_was_looked_for(make_folders):
+    from bloodml.errors import BloodmlError
+    from bloodml.predict import collect_images
+
+    root = make_folders(per_class=2)
+    assert len(collect_images([root / "alpha"], "*.png")) == 2
+    with pytest.raises(BloodmlError, match=r"^no images matching --pattern '\*\.bmp' found in .*alpha \(\.bmp, .*\); "
+                                           r"pass image files or folders, or another --pattern\.$"):
+        collect_images([root / "alpha"], "*.bmp")
+    (root / "empty").mkdir()
+    with pytest.raises(BloodmlError, match=r"^no images found in .*empty \(.*\); pass image files or folders\.$"):
+        collect_images([root / "empty"])
