@@ -26,7 +26,11 @@ from .train import positive_index
 
 def relabelled(table: pd.DataFrame, label_map: str, classes: list[str], data: str) -> pd.DataFrame:
     """The dataset's labels in the model's class names (``label_map``: 'theirs=ours,...')."""
-    mapping = parse_class_names(label_map) if label_map else {}
+    mapping = parse_class_names(label_map, "--label-map", "LY=lymphocyte,NE=neutrophil") if label_map else {}
+    foreign = sorted(set(mapping.values()) - set(classes))
+    if foreign:
+        raise BloodmlError(f"--label-map maps to {', '.join(foreign)}, not among the model's classes "
+                           f"({', '.join(classes)}); write it as 'theirs=ours' with ours one of those.")
     table = table.assign(label=table["label"].map(lambda v: mapping.get(v, v)))
     unknown = sorted(set(table["label"]) - set(classes))
     if unknown:

@@ -18,7 +18,7 @@ from .data.dataset import load_batch
 from .data.images import IMAGE_EXTENSIONS, is_image_file, unreadable_files, unreadable_summary
 from .data.input_spec import InputSpec
 from .data.masks import find_mask
-from .data.readers import find_column, native_path, read_csv
+from .data.readers import find_column, mirrored_masks_folder, native_path, read_csv
 from .errors import BloodmlError
 from .evaluation.groups import AGGREGATES, group_table
 from .evaluation.shift import ShiftProfile, descriptors, warning
@@ -208,7 +208,7 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     model, meta = load_model(reference, network=adapt_bn)
     classes, spec, profile = model_facts(meta)
     spec = with_masks_from(spec, masks_from, segmenter)
-    masks = Path(masks_dir) if masks_dir else None
+    masks = Path(masks_dir) if masks_dir else beside_the_classes(inputs)
     if masks is not None and not masks.is_dir():
         raise BloodmlError(f"--masks-dir {masks}: not a folder; pass the folder holding the masks.")
     files, groups = collect_inputs(inputs, pattern, masks, image_column, group_column)
@@ -237,6 +237,19 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     calls = group_table(groups, None, probabilities, classes, rule["group_aggregate"], rule["group_top_k"],
                         rule["threshold"], classes.index(rule["positive_class"]) if rule["positive_class"] else None)
     return table, calls.assign(group_aggregate=rule["group_aggregate"])
+
+
+def beside_the_classes(inputs: list[str | Path]) -> Path | None:
+    """A masks folder laid out beside the class folders of the one input folder (as training takes it without
+    masks_dir), said in one line; None otherwise."""
+    if len(inputs) != 1 or not Path(inputs[0]).is_dir():
+        return None
+    mirror = mirrored_masks_folder(sorted(p for p in Path(inputs[0]).iterdir() if p.is_dir()
+                                          and not p.name.startswith(".")))
+    if mirror is not None:
+        say(f"took {mirror} as --masks-dir: its sub-folders mirror the class folders (its files are not predicted); "
+            f"pass --masks-dir to choose another folder")
+    return mirror
 
 
 def readable_inputs(files: list[Path], groups: list | None) -> tuple[list[Path], list | None]:

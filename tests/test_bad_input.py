@@ -1,6 +1,7 @@
 """Bad input through the CLI: one line naming the file or value and the fix, exit code 2, no traceback."""
 
 import re
+import shutil
 
 import pytest
 from PIL import Image
@@ -94,6 +95,7 @@ def test_unknown_backbone(make_wbc, capsys):
 
 def test_masks_requested_but_absent(make_folders, capsys):
     root = make_folders(per_class=6)
+    shutil.rmtree(root / "masks")
     assert re.search(r"no mask found \((\d+) of \1 images lack one; up to 5% would be left out\)",
                      _train(capsys, root, "--masks", "cell"))
 

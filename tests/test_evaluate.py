@@ -22,3 +22,9 @@ def test_evaluate_on_another_dataset_with_a_label_map(make_folders, make_wbc, ca
     assert run.data.metrics["eval_accuracy"] >= 0.75  # same colours mean the same classes here
     code, out, err = run_cli(capsys, "evaluate", "-m", trained.run_id, "--data", other, "--min_class_count", "2")
     assert code == 2 and "--label-map" in err
+    code, out, err = run_cli(capsys, "evaluate", "-m", trained.run_id, "--data", other, "--min_class_count", "2",
+                             "--label-map", "neutrophil")  # the option the user typed, not class_names
+    assert code == 2 and err.startswith("error: --label-map entry 'neutrophil' has no '='; write it like 'LY=")
+    code, out, err = run_cli(capsys, "evaluate", "-m", trained.run_id, "--data", other, "--min_class_count", "2",
+                             "--label-map", "neutrophil=alfa,lymphocyte=beta")  # a typo in the model's class
+    assert code == 2 and "--label-map maps to alfa, not among the model's classes (alpha, beta, gamma)" in err

@@ -64,6 +64,13 @@ def test_predict_needs_masks_for_a_masked_model(make_folders, tmp_path, capsys):
     assert code == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 8, err
     everything = pd.read_csv(tmp_path / "p.csv")
     assert "mark no cell" not in out
+    # the whole dataset folder, masks/ beside the class folders and no --masks-dir: taken as training takes it
+    code, out, err = run_cli(capsys, "predict", "-m", result.run_id, root, "-o", tmp_path / "all.csv")
+    assert code == 0, err
+    assert f"took {root / 'masks'} as --masks-dir: its sub-folders mirror the class folders" in out
+    whole = pd.read_csv(tmp_path / "all.csv")
+    assert len(whole) == 24 and not whole["file"].str.contains("/masks/").any()
+    pd.testing.assert_frame_equal(whole[whole["file"].isin(everything["file"])].reset_index(drop=True), everything)
     blank = sorted((root / "masks" / "alpha").iterdir())[-1]  # a mask that marks no cell: predicted, and named
     kept = blank.read_bytes()
     Image.fromarray(np.zeros_like(np.asarray(Image.open(blank)))).save(blank)

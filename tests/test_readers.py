@@ -60,6 +60,18 @@ def test_folders_layout_with_masks_dir(make_folders):
     assert set(table["label"]) == {"alpha", "beta", "gamma"}
 
 
+def test_a_masks_folder_beside_the_classes_is_not_a_class(make_folders, tmp_path):
+    root = make_folders(per_class=3)  # alpha/, beta/, gamma/ and masks/{alpha,beta,gamma}/, no masks_dir given
+    table, fmt, _ = read_dataset(root, ReaderOptions())
+    assert fmt == "folders" and set(table["label"]) == {"alpha", "beta", "gamma"} and len(table) == 9
+    assert table["mask_path"].notna().all() and all("/masks/" in m for m in table["mask_path"])
+    assert table.attrs["notes"] == ["took masks/ as masks_dir: its sub-folders mirror the class folders; pass "
+                                    "masks_dir= to choose another folder"]
+    (root / "masks" / "gamma").rename(root / "masks" / "other")  # no longer a mirror: read as a class, as before
+    table, _, _ = read_dataset(root, ReaderOptions())
+    assert set(table["label"]) == {"alpha", "beta", "gamma", "masks"} and table["mask_path"].isna().all()
+
+
 def test_masks_dir_typed_relative_to_the_working_folder(make_folders, tmp_path, monkeypatch):
     root = make_folders(per_class=3)
     (root / "masks").rename(tmp_path / "their_masks")  # beside the data, not inside it

@@ -8,15 +8,17 @@ from ..errors import BloodmlError
 from .readers import WBC_CLASS_NAMES
 
 
-def parse_class_names(text: str) -> dict[str, str]:
-    """``"1=neutrophil,2=lymphocyte"`` -> {"1": "neutrophil", "2": "lymphocyte"}."""
+def parse_class_names(text: str, option: str = "class_names",
+                      example: str = "1=neutrophil,2=lymphocyte") -> dict[str, str]:
+    """``"1=neutrophil,2=lymphocyte"`` -> {"1": "neutrophil", "2": "lymphocyte"}; errors name ``option`` (the
+    parameter the text came from) and show ``example``."""
     mapping = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         if "=" not in item:
-            raise BloodmlError(f"class_names entry '{item}' has no '='; write it like '1=neutrophil,2=lymphocyte'.")
+            raise BloodmlError(f"{option} entry '{item}' has no '='; write it like '{example}'.")
         code, name = (s.strip() for s in item.split("=", 1))
         if not code or not name:
-            raise BloodmlError(f"class_names entry '{item}' is incomplete; write it like '1=neutrophil'.")
+            raise BloodmlError(f"{option} entry '{item}' is incomplete; write it like '{example.split(',')[0]}'.")
         mapping[code] = name
     return mapping
 

@@ -215,8 +215,14 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
     masks_root = None
     if options.masks_dir:
         masks_root = masks_folder(folder, options.masks_dir)
-    rows = []
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    rows, notes = [], []
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    mirror = mirrored_masks_folder(class_dirs) if masks_root is None else None
+    if mirror is not None:  # masks beside the class folders, but no masks_dir: not a class of mask images
+        masks_root = mirror
+        notes.append(f"took {mirror.name}/ as masks_dir: its sub-folders mirror the class folders; pass masks_dir= "
+                     f"to choose another folder")
+    for class_dir in class_dirs:
         if masks_root is not None and class_dir.resolve() == masks_root.resolve():
             continue
         for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p)):
@@ -224,7 +230,16 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
             mask = find_mask(path, masks_root) if masks_root is not None else None
             rows.append({"path": path, "label": class_dir.name, "mask_path": mask, "group": None,
                          "source": str(path)})
-    return _finish(rows, folder)
+    return _finish(rows, folder, notes=notes)
+
+
+def mirrored_masks_folder(class_dirs: list[Path]) -> Path | None:
+    """The one top-level folder whose sub-folders are named after every other top-level folder (at least two):
+    masks laid out beside the classes (``masks/alpha``, ``masks/beta`` next to ``alpha``, ``beta``)."""
+    names = {d.name for d in class_dirs}
+    found = [d for d in class_dirs if len(names) >= 3
+             and names - {d.name} <= {s.name for s in d.iterdir() if s.is_dir()}]
+    return found[0] if len(found) == 1 else None
 
 
 def masks_folder(folder: Path, masks_dir: str) -> Path:
@@ -239,10 +254,11 @@ def masks_folder(folder: Path, masks_dir: str) -> Path:
                        f"path or leave masks_dir empty.")
 
 
-def _finish(rows: list[dict], source: Path, unlabelled: list[int] | None = None) -> pd.DataFrame:
-    """The sample table; rows left out for an empty label (their CSV line numbers) are named in
-    ``table.attrs["notes"]``, and a file with labels on none of its rows is refused."""
-    unlabelled = unlabelled or []
+def _finish(rows: list[dict], source: Path, unlabelled: list[int] | None = None,
+            notes: list[str] | None = None) -> pd.DataFrame:
+    """The sample table, with the reader's ``notes`` in ``table.attrs["notes"]``; rows left out for an empty label
+    (their CSV line numbers) are named there too, and a file with labels on none of its rows is refused."""
+    unlabelled, notes = unlabelled or [], list(notes or [])
     lines = ("line " if len(unlabelled) == 1 else "lines ") + ", ".join(map(str, unlabelled[:5])) + (
         ", ..." if len(unlabelled) > 5 else "")
     if not rows and unlabelled:
@@ -252,8 +268,10 @@ def _finish(rows: list[dict], source: Path, unlabelled: list[int] | None = None)
         raise BloodmlError(f"{source}: no labelled images found; check the folder and the format= option.")
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     if unlabelled:
-        table.attrs["notes"] = [f"{source}: left out {len(unlabelled)} row(s) with an empty label ({lines}); "
-                                f"label them to use them"]
+        notes.append(f"{source}: left out {len(unlabelled)} row(s) with an empty label ({lines}); label them to use "
+                     f"them")
+    if notes:
+        table.attrs["notes"] = notes
     table["path"] = table["path"].map(str)
     table["mask_path"] = table["mask_path"].map(lambda p: str(p) if p is not None else None)
     duplicated = table["path"].duplicated()
