@@ -212,3 +212,22 @@ def test_wbc_layout_rows_without_a_label(make_wbc, capsys):
     (root / "labels.csv").write_bytes(text)
     out = _works(capsys, "data", "inspect", "--data", root, "--min_class_count", "2")
     assert "left out 1 row(s) with an empty label (line 4)" in out and "9 images" in out
+
+
+def test_a_camera_rotated_image_is_read_as_shown_so_its_mask_lines_up(tmp_path):
+    from bloodml.data.dataset import load_sample
+    from bloodml.data.input_spec import InputSpec
+
+    shown = np.full((64, 40, 3), 30, np.uint8)  # portrait as a viewer (and the annotation tool) shows it
+    shown[:16] = 220  # the cell: the top band
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(shown)))  # as the phone wrote it: landscape ...
+    exif = stored.getexif()
+    exif[0x0112] = 6  # ... with "rotate 90 degrees clockwise to show"
+    stored.save(tmp_path / "cell.png", exif=exif)
+    mask = np.zeros((64, 40), np.uint8)
+    mask[:16] = 255
+    Image.fromarray(mask).save(tmp_path / "cell_mask.png")
+    image, regions, found, _, _ = load_sample(str(tmp_path / "cell.png"), str(tmp_path / "cell_mask.png"),
+                                              InputSpec(image_size=32, mask_mode="cell"))
+    assert found and regions[:8].all() and not regions[9:].any()  # top quarter, resized to 32 x 32
+    assert image[:, :8].float().mean() > 200 and image[:, 9:].float().mean() < 40  # the bright band under it

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import BloodmlError
 
@@ -47,6 +47,8 @@ def _open(source: ImageSource, name: str = "") -> Image.Image:
                     f"(limit {MAX_PIXELS:,}); crop or downscale it first."
                 )
             image.load()
+            # as every viewer shows it (and annotation tools drew its mask): a camera's EXIF rotation applied
+            ImageOps.exif_transpose(image, in_place=True)
     except BloodmlError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
