@@ -72,6 +72,26 @@ def test_a_masks_folder_beside_the_classes_is_not_a_class(make_folders, tmp_path
     assert set(table["label"]) == {"alpha", "beta", "gamma", "masks"} and table["mask_path"].isna().all()
 
 
+def test_images_and_masks_trees_side_by_side_are_not_two_classes(make_folders, tmp_path):
+    root = make_folders(per_class=2)
+    (root / "images").mkdir()
+    for label in ("alpha", "beta", "gamma"):
+        (root / label).rename(root / "images" / label)  # images/{alpha,beta,gamma} beside masks/{alpha,beta,gamma}
+    with pytest.raises(BloodmlError, match=r"images/ and masks/ hold the same sub-folders \(alpha, beta, gamma\), so "
+                                           r"they are not two classes; .* data=.*images masks_dir=\.\./masks$"):
+        read_dataset(root, ReaderOptions())
+    table, _, _ = read_dataset(root / "images", ReaderOptions(masks_dir="../masks"))  # the command it suggests
+    assert set(table["label"]) == {"alpha", "beta", "gamma"} and table["mask_path"].notna().all()
+    # classes that share sub-folders (one per patient) are classes: no masks-like name, no refusal
+    patients = tmp_path / "by_patient"
+    for label in ("tumour", "normal"):
+        for patient in ("p1", "p2"):
+            (patients / label / patient).mkdir(parents=True)
+            Image.fromarray(cell_image("alpha", len(patient))[0]).save(patients / label / patient / "c.png")
+    table, _, _ = read_dataset(patients, ReaderOptions())
+    assert sorted(table["label"]) == ["normal", "normal", "tumour", "tumour"]
+
+
 def test_masks_dir_typed_relative_to_the_working_folder(make_folders, tmp_path, monkeypatch):
     root = make_folders(per_class=3)
     (root / "masks").rename(tmp_path / "their_masks")  # beside the data, not inside it

@@ -218,6 +218,8 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
     rows, notes = [], []
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     mirror = mirrored_masks_folder(class_dirs) if masks_root is None else None
+    if mirror is None and masks_root is None:
+        refuse_parallel_trees(folder, class_dirs)
     if mirror is not None:  # masks beside the class folders, but no masks_dir: not a class of mask images
         masks_root = mirror
         notes.append(f"took {mirror.name}/ as masks_dir: its sub-folders mirror the class folders; pass masks_dir= "
@@ -231,6 +233,25 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
             rows.append({"path": path, "label": class_dir.name, "mask_path": mask, "group": None,
                          "source": str(path)})
     return _finish(rows, folder, notes=notes)
+
+
+MASK_FOLDER_WORDS = ("mask", "label", "annotation", "segmentation", "ground_truth", "groundtruth")
+
+
+def refuse_parallel_trees(folder: Path, class_dirs: list[Path]) -> None:
+    """``images/{alpha,beta}`` beside ``masks/{alpha,beta}`` with data= at their parent would train 'images' vs
+    'masks': refused with the command that was meant. Only where one of the two is named as masks are (classes
+    may share sub-folders legitimately: one per patient)."""
+    subfolders = {d: frozenset(s.name for s in d.iterdir() if s.is_dir() and not s.name.startswith("."))
+                  for d in class_dirs}
+    for masks in (d for d in class_dirs if any(word in d.name.lower() for word in MASK_FOLDER_WORDS)):
+        for images in class_dirs:
+            shared = subfolders[masks]
+            if images != masks and len(shared) >= 2 and shared == subfolders[images]:
+                raise BloodmlError(
+                    f"{folder}: {images.name}/ and {masks.name}/ hold the same sub-folders "
+                    f"({', '.join(sorted(shared))}), so they are not two classes; point data= at the images and "
+                    f"masks_dir= at the masks: data={images} masks_dir=../{masks.name}")
 
 
 def mirrored_masks_folder(class_dirs: list[Path]) -> Path | None:
