@@ -14,11 +14,11 @@ import pandas as pd
 import torch
 
 from .data.acquisition import sharpness_blur
-from .data.dataset import load_batch
-from .data.images import IMAGE_EXTENSIONS, is_image_file, unreadable_files, unreadable_summary
+from .data.dataset import cell_free as marks_no_cell, load_batch
+from .data.images import IMAGE_EXTENSIONS, first_few, is_image_file, unreadable_files, unreadable_summary
 from .data.input_spec import InputSpec
 from .data.masks import find_mask
-from .data.readers import find_column, mirrored_masks_folder, native_path, read_csv
+from .data.readers import class_folders, find_column, mirrored_masks_folder, native_path, read_csv
 from .errors import BloodmlError
 from .evaluation.groups import AGGREGATES, group_table
 from .evaluation.shift import ShiftProfile, descriptors, warning
@@ -100,8 +100,7 @@ def network_inputs(spec: InputSpec, paths: list[str], mask_paths: list[str | Non
         masks = mask_paths[start:start + batch]
         images, regions = load_batch(paths[start:start + batch], masks, spec, segmenter)
         if cell_free is not None and spec.masked:
-            empty = (regions.flatten(1).amax(1) == 0).tolist()
-            cell_free.extend(mask for mask, blank in zip(masks, empty) if blank and mask)
+            cell_free.extend(mask for mask, blank in zip(masks, marks_no_cell(regions).tolist()) if blank and mask)
         yield sharpness_blur(spec.network_input(images, regions), blur)
 
 
@@ -151,7 +150,7 @@ def masked_inputs(files: list[Path], groups: list | None, spec: InputSpec,
                            f"mask{where}; {how}.")
     keep = [i for i, mask in enumerate(found) if mask is not None]
     say(f"left out {len(lacking)} of {len(files)} image(s) without a mask, not in the predictions (the model was "
-        f"trained with masks={spec.mask_mode}): {', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''}; "
+        f"trained with masks={spec.mask_mode}): {first_few(lacking)}; "
         f"to predict them too, {how}")
     return ([files[i] for i in keep], [groups[i] for i in keep] if groups is not None else None,
             [str(found[i]) for i in keep])
@@ -225,8 +224,7 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
                                         cell_free=cell_free)
     if cell_free:
         say(f"note: {len(cell_free)} of {len(paths)} masks mark no cell, so the model (masks={spec.mask_mode}) saw "
-            f"nothing of those cells and their predictions mean little: {', '.join(map(str, cell_free[:3]))}"
-            f"{' ...' if len(cell_free) > 3 else ''}; fix the masks")
+            f"nothing of those cells and their predictions mean little: {first_few(cell_free)}; fix the masks")
     shift_check(profile, points)
     table = probability_table(probabilities, classes, label="predicted_label")
     table.insert(0, "file", [str(path) for path in files])
@@ -244,8 +242,7 @@ def beside_the_classes(inputs: list[str | Path]) -> Path | None:
     masks_dir), said in one line; None otherwise."""
     if len(inputs) != 1 or not Path(inputs[0]).is_dir():
         return None
-    mirror = mirrored_masks_folder(sorted(p for p in Path(inputs[0]).iterdir() if p.is_dir()
-                                          and not p.name.startswith(".")))
+    mirror = mirrored_masks_folder(class_folders(Path(inputs[0])))
     if mirror is not None:
         say(f"took {mirror} as --masks-dir: its sub-folders mirror the class folders (its files are not predicted); "
             f"pass --masks-dir to choose another folder")

@@ -121,8 +121,7 @@ def load_splits(data: PreparedData, spec: InputSpec, progress: bool, segmenter=N
     maps the spec asks it for)."""
     every = preload(data.table, data.classes, spec, progress, segmenter)  # one pass: every bad file named at once
     sets = {name: every.subset((data.table["split"] == name).to_numpy().nonzero()[0]) for name in SPLITS}
-    notes = (stray_note(sets.values()), segmented_note(sets, segmenter, data), cell_free_note(data.split, spec, sets))
-    for note in notes:
+    for note in (stray_note([every]), segmented_note(sets, segmenter, data), cell_free_note(data.table, spec, every)):
         if note:
             say(f"note: {note}")
     return sets

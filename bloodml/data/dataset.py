@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import BloodmlError
-from .images import read_rgb, unreadable_summary
+from .images import files_error, first_few, read_rgb
 from .input_spec import InputSpec
 from .masks import crop_box, parse_mask_codes, read_regions
 
@@ -144,38 +144,35 @@ def preload(table: pd.DataFrame, classes: list[str], spec: InputSpec, progress: 
         has_mask.append(found)
         strays.append(stray)
         segmented.append(drawn)
-    if len(problems) == 1:
-        raise BloodmlError(problems[0])
     if problems:
-        raise BloodmlError(f"{len(problems)} images or masks cannot be used: {unreadable_summary(problems)}; fix or "
-                           f"replace them, or remove their rows.")
+        raise BloodmlError(files_error(problems, "images or masks cannot be used",
+                                       "fix or replace them, or remove their rows"))
     index = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([index[label] for label in table["label"]], dtype=torch.long)
     return ImageSet(torch.stack(images), torch.stack(regions), torch.tensor(has_mask), labels, torch.tensor(strays),
                     torch.tensor(segmented, dtype=torch.bool))
 
 
-def cell_free_masks(table: pd.DataFrame, images: ImageSet) -> list[str]:
-    """The mask files (of ``table``'s images, loaded as ``images``) whose region map marks no cell pixel."""
-    empty = (images.has_mask & (images.regions.flatten(1).amax(1) == 0)).numpy()
-    return [str(path) for path in table["mask_path"].to_numpy()[empty]]
+def cell_free(regions: torch.Tensor) -> torch.Tensor:
+    """(N,) whether each region map (N,S,S) marks no cell pixel."""
+    return regions.flatten(1).amax(1) == 0
 
 
-def cell_free_note(split_table, spec: InputSpec, sets: dict[str, ImageSet]) -> str:
-    """One line on masks that mark no cell (a masked mode then shows the network nothing of those cells); every
-    mask empty is refused (the wrong files, or codes read as background). ``split_table(name)``: a split's rows."""
+def cell_free_note(table: pd.DataFrame, spec: InputSpec, images: ImageSet) -> str:
+    """One line on the masks (of ``table``'s images, loaded as ``images``) that mark no cell: a masked mode shows the
+    network nothing of those cells. Every mask empty is refused (the wrong files, or codes read as background)."""
     if not spec.masked:
         return ""
-    empty = [path for name, images in sets.items() for path in cell_free_masks(split_table(name), images)]
+    empty = [str(path) for path in table["mask_path"].to_numpy()[(images.has_mask & cell_free(images.regions)).numpy()]]
     if not empty:
         return ""
-    total = sum(int(images.has_mask.sum()) for images in sets.values())
+    total = int(images.has_mask.sum())
     if len(empty) == total:
         raise BloodmlError(f"{empty[0]}: no mask marks a cell (all {total} are background only), so masks="
                            f"{spec.mask_mode} would show the network nothing of the cells; check the mask files or "
                            f"mask_codes, or use masks=none.")
     return (f"{len(empty)} of {total} masks mark no cell, so masks={spec.mask_mode} shows the network none of "
-            f"those cells: {', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}; fix or remove them")
+            f"those cells: {first_few(empty)}; fix or remove them")
 
 
 def stray_note(sets) -> str:

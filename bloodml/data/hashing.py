@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..errors import BloodmlError
 from .copies import COPY_SIMILARITY, Canvas, candidate_pairs, fingerprint, hash_hex, hinted_similarity, \
     similarity_bar as _bar
-from .images import read_rgb, unreadable_summary
+from .images import files_error, read_rgb
 
 
 def file_sha256(path: str | Path) -> str:
@@ -63,10 +63,7 @@ def add_hashes(table: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
 def unreadable_message(errors: list[str]) -> str:
     """One line for the files that cannot be read: the one file's own message, or how many, the first few (path
     and reason) and the fix."""
-    if len(errors) == 1:
-        return errors[0]
-    return (f"{len(errors)} images cannot be read: {unreadable_summary(errors)}; replace them or remove them from the "
-            f"dataset.")
+    return files_error(errors, "images cannot be read", "replace them or remove them from the dataset")
 
 
 def near_copies(table: pd.DataFrame, near_distance: int, similarity: float = COPY_SIMILARITY,

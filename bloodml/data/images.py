@@ -123,3 +123,16 @@ def unreadable_summary(messages: list[str], shown: int = 3) -> str:
     more there are: the middle of one line that names every file's problem at once."""
     reasons = "; ".join(message.rsplit("; ", 1)[0] for message in messages[:shown])
     return reasons + (f"; and {len(messages) - shown} more" if len(messages) > shown else "")
+
+
+def files_error(messages: list[str], what: str, fix: str) -> str:
+    """One line for several files' problems: the one file's own message, or how many ``what``, the first few and
+    ``fix``."""
+    if len(messages) == 1:
+        return messages[0]
+    return f"{len(messages)} {what}: {unreadable_summary(messages)}; {fix}."
+
+
+def first_few(items: list, shown: int = 3) -> str:
+    """The first ``shown`` items of a one-line note, then '...' when there are more."""
+    return ", ".join(map(str, items[:shown])) + (" ..." if len(items) > shown else "")

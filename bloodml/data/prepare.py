@@ -15,6 +15,7 @@ from ..runtime import say
 from .audit import find_leaks
 from .fetch import locate
 from .hashing import add_hashes, near_copies
+from .images import first_few
 from .labels import apply_class_names, class_order, default_class_names, drop_rare_classes, group_binary, \
     merge_case_variants, parse_class_names
 from .readers import ReaderOptions, read_dataset, unused_csv_note
@@ -73,8 +74,7 @@ def without_unmasked(table: pd.DataFrame, mask_mode: str, masks_from: str = "exp
     lacking = table["mask_path"].isna()
     if not lacking.any() or lacking.mean() > UNMASKED_TOLERANCE:
         return table, []
-    names = ", ".join(Path(path).name for path in table.loc[lacking, "path"].iloc[:3])
-    names += " ..." if lacking.sum() > 3 else ""
+    names = first_few([Path(path).name for path in table.loc[lacking, "path"]])
     note = (f"left out {int(lacking.sum())} of {len(table)} images without a mask, since masks={mask_mode} needs one: "
             f"{names}; add their masks, or pass masks_from=auto with a segmenter to use them")
     return table.loc[~lacking].reset_index(drop=True), [note]
@@ -126,8 +126,9 @@ def grouped_data(config: RunConfig, workdir: Path | None = None, progress: bool 
     if config.group_labels:
         check_one_label_per_group(table, config.data)
     mode, source = config.masks if mask_mode is None else mask_mode, config.masks_from
-    table, unmasked = without_unmasked(table, mode, "expert" if source == "expert" else "segmenter")
-    require_masks(table, mode, "expert" if source == "expert" else "segmenter")
+    source = "expert" if source == "expert" else "segmenter"
+    table, unmasked = without_unmasked(table, mode, source)
+    require_masks(table, mode, source)
     table, copies, copy_notes = group_copies(table, config, progress)
     return PreparedData(table, class_order(table), Path(root), fmt, notes + unmasked + copy_notes, copies)
 

@@ -216,7 +216,7 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
     if options.masks_dir:
         masks_root = masks_folder(folder, options.masks_dir)
     rows, notes = [], []
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = class_folders(folder)
     mirror = mirrored_masks_folder(class_dirs) if masks_root is None else None
     if mirror is None and masks_root is None:
         refuse_parallel_trees(folder, class_dirs)
@@ -235,6 +235,11 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
     return _finish(rows, folder, notes=notes)
 
 
+def class_folders(folder: Path) -> list[Path]:
+    """The folders directly in ``folder`` (hidden ones left out), sorted: the classes of the folders layout."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 MASK_FOLDER_WORDS = ("mask", "label", "annotation", "segmentation", "ground_truth", "groundtruth")
 
 
@@ -242,8 +247,7 @@ def refuse_parallel_trees(folder: Path, class_dirs: list[Path]) -> None:
     """``images/{alpha,beta}`` beside ``masks/{alpha,beta}`` with data= at their parent would train 'images' vs
     'masks': refused with the command that was meant. Only where one of the two is named as masks are (classes
     may share sub-folders legitimately: one per patient)."""
-    subfolders = {d: frozenset(s.name for s in d.iterdir() if s.is_dir() and not s.name.startswith("."))
-                  for d in class_dirs}
+    subfolders = {d: frozenset(p.name for p in class_folders(d)) for d in class_dirs}
     for masks in (d for d in class_dirs if any(word in d.name.lower() for word in MASK_FOLDER_WORDS)):
         for images in class_dirs:
             shared = subfolders[masks]
@@ -259,7 +263,7 @@ def mirrored_masks_folder(class_dirs: list[Path]) -> Path | None:
     masks laid out beside the classes (``masks/alpha``, ``masks/beta`` next to ``alpha``, ``beta``)."""
     names = {d.name for d in class_dirs}
     found = [d for d in class_dirs if len(names) >= 3
-             and names - {d.name} <= {s.name for s in d.iterdir() if s.is_dir()}]
+             and names - {d.name} <= {p.name for p in class_folders(d)}]
     return found[0] if len(found) == 1 else None
 
 

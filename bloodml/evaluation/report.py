@@ -22,7 +22,7 @@ from . import plots
 from .calibration import expected_calibration_error, fit_temperature, reliability_bins
 from .groups import group_metrics, group_table
 from .metrics import classification_metrics, majority_rate
-from .saliency import gradcam_maps, saliency_scores
+from .saliency import gradcam_maps, image_scores, saliency_scores
 
 
 @dataclass(frozen=True)
@@ -156,13 +156,10 @@ def _saliency(model, test: ImageSet, paths: list[str], classes: list[str], setti
     scores = saliency_scores(maps, regions, has_mask)
     rows = []
     for k, i in enumerate(sample):
-        inside = regions[k] > 0
-        usable = has_mask[k] and inside.any() and not inside.all() and (maps[k] > 0).any()  # blank: points nowhere
-        positive = np.clip(maps[k], 0, None)
+        scored = image_scores(maps[k], regions[k], has_mask[k])  # None or blank: nothing to report for the image
         rows.append({"file": paths[i], "predicted": classes[predicted[k]],
-                     "relevance_mass": float(positive[inside].sum() / positive.sum()) if usable and positive.sum() else None,
-                     "pointing_hit": float(inside[maps[k] == maps[k].max()].any()) if usable else None,
-                     "chance": float(inside.mean()) if usable else None})
+                     **{key: scored[key] if isinstance(scored, dict) else None
+                        for key in ("relevance_mass", "pointing_hit", "chance")}})
     pd.DataFrame(rows).to_csv(out / "saliency.csv", index=False)
     captions = [f"{classes[predicted[k]]}" + (f"  mass {r['relevance_mass']:.2f}" if r["relevance_mass"] is not None
                                              else "") for k, r in enumerate(rows)]

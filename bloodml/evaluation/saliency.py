@@ -57,27 +57,35 @@ def gradcam_maps(classifier, inputs: torch.Tensor, batch: int = 16) -> tuple[np.
     return np.concatenate(maps), np.concatenate(predicted)
 
 
+BLANK = "blank"  # a map with no positive saliency: it points at nothing
+
+
+def image_scores(saliency: np.ndarray, region: np.ndarray, masked: bool) -> dict[str, float] | str | None:
+    """One image's relevance mass, pointing-game hit and chance level inside the cell (cytoplasm + nucleus);
+    None without a usable mask (none, empty or the whole image), :data:`BLANK` for a map with no positive saliency."""
+    inside = region > 0
+    if not masked or not inside.any() or inside.all():
+        return None
+    if not (saliency > 0).any():
+        return BLANK
+    return {"relevance_mass": relevance_mass(saliency, inside), "pointing_hit": pointing_hit(saliency, inside),
+            "chance": chance_level(inside)}
+
+
 def saliency_scores(maps: np.ndarray, regions: np.ndarray, has_mask: np.ndarray) -> dict[str, float]:
-    """Mean relevance mass and pointing-game hit rate inside the cell (cytoplasm + nucleus), with chance levels,
-    over the images with a usable mask. A map with no positive saliency points at nothing: it is counted
-    (``saliency_blank_maps``) and left out of the measures. Empty when no image has a usable mask."""
-    mass, hits, chance, blank = [], [], [], 0
-    for saliency, region, masked in zip(maps, regions, has_mask):
-        inside = region > 0
-        if not masked or not inside.any() or inside.all():
-            continue
-        if not (saliency > 0).any():
-            blank += 1
-            continue
-        mass.append(relevance_mass(saliency, inside))
-        hits.append(pointing_hit(saliency, inside))
-        chance.append(chance_level(inside))
-    if not mass and not blank:
+    """Mean relevance mass and pointing-game hit rate inside the cell, with chance levels, over the images with a
+    usable mask. A blank map is counted (``saliency_blank_maps``) and left out of the measures. Empty when no image
+    has a usable mask."""
+    per_image = [image_scores(*item) for item in zip(maps, regions, has_mask)]
+    scored = [s for s in per_image if isinstance(s, dict)]
+    blank = sum(s == BLANK for s in per_image)
+    if not scored and not blank:
         return {}
-    scores = {"saliency_images": float(len(mass)), "saliency_blank_maps": float(blank)}
-    if mass:
-        scores.update({"saliency_relevance_mass": float(np.mean(mass)),
-                       "saliency_relevance_chance": float(np.mean(chance)),
-                       "saliency_pointing_game": float(np.mean(hits)),
-                       "saliency_pointing_chance": float(np.mean(chance))})
+    scores = {"saliency_images": float(len(scored)), "saliency_blank_maps": float(blank)}
+    if scored:
+        chance = float(np.mean([s["chance"] for s in scored]))
+        scores.update({"saliency_relevance_mass": float(np.mean([s["relevance_mass"] for s in scored])),
+                       "saliency_relevance_chance": chance,
+                       "saliency_pointing_game": float(np.mean([s["pointing_hit"] for s in scored])),
+                       "saliency_pointing_chance": chance})
     return scores
