@@ -42,7 +42,7 @@ from .tracking.runs import end_active_run, log_folder, log_metrics, log_params, 
     resumed_run, set_description, set_tags, training_run
 from .tracking.store import configure_tracking, ui_hint
 from .training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .training.features import augmented_view, view_features
+from .training.features import FrozenFeatures, augmented_view
 from .training.loop import EpochRecord, FinetuneTrainer, FitResult, HeadTrainer, NaiveHeadTrainer, TrainSettings, \
     fit
 
@@ -172,20 +172,19 @@ def build_trainer(config: RunConfig, spec: InputSpec, backbone, head, train: Ima
         return NaiveHeadTrainer(head, backbone, preprocess, view_images, spec, train.labels, val, len(classes),
                                 settings, compute)
     started = time.perf_counter()
-    store = FeatureStore(config.cache_dir or None, use_disk=config.feature_cache == "disk")
-    model = model_key(config.backbone, backbone, preprocess, spec.mask_mode)
-    train_features = torch.stack([
-        view_features(store, model, backbone, preprocess, train.images, train.regions, keys, spec, transform,
-                      config.seed, v, progress, desc=f"features view {v + 1}/{views}", compute=compute)
-        for v in range(views)])
-    val_features = view_features(store, model, backbone, preprocess, val.images, val.regions,
-                                 image_keys(val.images, val.regions), spec, None, config.seed, 0, progress,
-                                 desc="features val", compute=compute)
+    features = FrozenFeatures(FeatureStore(config.cache_dir or None, use_disk=config.feature_cache == "disk"),
+                              model_key(config.backbone, backbone, preprocess, spec.mask_mode), backbone, preprocess,
+                              spec, config.seed, compute, progress)
+    train_features = torch.stack([features.of(train.images, train.regions, transform, v, keys,
+                                              desc=f"features view {v + 1}/{views}") for v in range(views)])
+    val_features = features.of(val.images, val.regions, desc="features val")
     seconds = time.perf_counter() - started
+    store = features.store
     say(f"features: {views} view(s) x {len(train)} training + {len(val)} validation images in "
         f"{seconds:.1f}s ({store.hits} cached, {store.misses} computed)")
     trainer = HeadTrainer(head, train_features, train.labels, val_features, val.labels, len(classes), settings,
                           compute)
+    trainer.features = features
     trainer.feature_seconds = seconds
     return trainer
 
@@ -258,12 +257,29 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
         metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
                                 result.history, result.best_epoch,
                                 evaluation_settings(config, data.classes, plots, compute),
-                                Path(tmp), groups, group_ids))
+                                Path(tmp), groups, group_ids, cached_scores(model, trainer, sets, compute)))
         log_folder(tmp, "evaluation")
         summary = Path(tmp) / "summary.md"  # not written without plots (a study's folds)
         set_description(run_description(config, data, summary.read_text() if summary.is_file() else "", metrics))
     metrics.update({f"n_{s}": float(len(sets[s])) for s in SPLITS})
     return metrics
+
+
+def cached_scores(model: BloodCellClassifier, trainer, sets: dict[str, ImageSet], compute: Compute):
+    """A frozen backbone's scores from its cached features: for the validation split the very features the head
+    was checked on, for the test split features computed once through the cache (a warm run reads them). None when
+    the model has to run on the images: fine-tuned, the naive loop, or test-time augmentation."""
+    features = getattr(trainer, "features", None)
+    if features is None or model.tta:
+        return None
+
+    @torch.no_grad()
+    def scores(split: str) -> torch.Tensor:
+        cached = features.of(sets[split].images, sets[split].regions, desc=f"features {split}")
+        head = model.head.eval().to(compute.device)
+        with compute.autocast():
+            return head(compute.put(cached)).float().cpu()
+    return scores
 
 
 def run_description(config: RunConfig, data: PreparedData, summary: str, metrics: dict[str, float]) -> str:

@@ -1,16 +1,21 @@
 """Issue 5: the feature cache is keyed by content, never stale, never trusted when corrupt, and changes nothing."""
 
+import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from bloodml.cache.keys import image_keys, model_key, view_key
 from bloodml.cache.store import FeatureStore, clear_memory
 from bloodml.config import build_config
+from bloodml.data.dataset import preload
 from bloodml.data.input_spec import InputSpec
 from bloodml.data.transforms import Preprocess, build_augmentation, fit_input_spec
+from bloodml.evaluation.report import logits_of
 from bloodml.models.head import Head
 from bloodml.models.registry import create_backbone
-from bloodml.train import build_trainer
+from bloodml.train import build_trainer, run_training
 from bloodml.training.loop import HeadTrainer, NaiveHeadTrainer, fit
 from conftest import TINY_BACKBONE, tiny_overrides
 from test_techniques import _imageset
@@ -92,3 +97,30 @@ def test_cached_and_naive_training_give_the_same_head(make_wbc, tmp_path):
         heads.setdefault(mode, []).append(head.linear.weight.detach().clone())
     assert torch.allclose(heads["disk"][0], heads["off"][0], atol=1e-5)
     assert torch.equal(heads["disk"][0], heads["disk"][1])
+
+
+def test_evaluation_scores_the_cached_features_and_caches_the_test_ones(make_wbc, tmp_path):
+    """A frozen run evaluates from the features it cached (the validation ones it trained against, the test ones
+    once): the logged predictions are those of the whole model run on the images, the test features are on disk
+    for the next run, and that run (reading them) scores the same."""
+    cache = tmp_path / "cache"
+    config = build_config(None, tiny_overrides(make_wbc(per_class=5), cache_dir=cache, gradcam_samples=0))
+    clear_memory()
+    result = run_training(config, log_trained=False)
+    model = result.model
+    test = preload(result.data.split("test"), result.data.classes, model.spec)
+    logged = pd.read_csv(mlflow.MlflowClient().download_artifacts(result.run_id, "evaluation/predictions_test.csv",
+                                                                   str(tmp_path)))
+    on_images = torch.softmax(logits_of(model, test), 1).numpy()
+    assert len(logged) == len(test) > 0
+    assert np.allclose(logged[[f"p_{c}" for c in result.data.classes]].to_numpy(), on_images, atol=1e-5)
+
+    def nothing_to_compute(missing):
+        raise AssertionError(f"{len(missing)} test images were not cached")
+    key = model_key(TINY_BACKBONE, model.backbone, Preprocess(model.spec), model.spec.mask_mode)
+    FeatureStore(cache, use_memory=False).features(key, "plain", image_keys(test.images, test.regions),
+                                                   nothing_to_compute)
+    clear_memory()
+    again = run_training(config, log_trained=False)
+    assert again.metrics["test_accuracy"] == result.metrics["test_accuracy"]
+    assert again.metrics["test_loss"] == pytest.approx(result.metrics["test_loss"], abs=1e-6)

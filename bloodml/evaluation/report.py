@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -70,11 +71,12 @@ def _hwc(images: torch.Tensor) -> np.ndarray:
 
 def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], history: list, best_epoch: int,
              settings: EvaluationSettings, out: Path, groups: dict | None = None,
-             group_ids: dict | None = None) -> dict[str, float]:
+             group_ids: dict | None = None, scores: Callable[[str], torch.Tensor] | None = None) -> dict[str, float]:
     """All metrics (val_final_*, test_*, calibration, saliency) and artefacts for a trained model. ``groups``
     (split -> one group ID per image, e.g. patients): intervals resample whole groups. ``group_ids`` (split ->
     the user's group of each image): one call per group too, group-level metrics (``*_group_*``, ``*_groups``) and
-    ``groups_<split>.csv``."""
+    ``groups_<split>.csv``. ``scores(split)``: the model's scores on a split when the caller has them cheaper
+    than a pass over its images (a frozen backbone's cached features); by default the model runs on the images."""
     groups = groups or {}
     group_ids = group_ids or {}
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,8 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
     binary = len(classes) == 2
     positive = settings.positive if binary else None
 
-    val_logits = logits_of(model, sets["val"], compute=settings.compute)
+    scores = scores or (lambda split: logits_of(model, sets[split], compute=settings.compute))
+    val_logits = scores("val")
     if settings.temperature_scaling and len(val_logits):
         temperature = fit_temperature(val_logits, sets["val"].labels)
         model.temperature.fill_(temperature)
@@ -91,7 +94,7 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
 
     predictions = {}
     for split, prefix in (("val", "val_final_"), ("test", "test_")):
-        logits = val_logits if split == "val" else logits_of(model, sets[split], compute=settings.compute)
+        logits = val_logits if split == "val" else scores(split)
         probabilities = torch.softmax(logits / float(model.temperature), dim=1).numpy()
         labels = sets[split].labels.numpy()
         metrics.update(classification_metrics(labels, probabilities, prefix, classes, positive, settings.threshold,

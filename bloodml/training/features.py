@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
-from ..cache.keys import per_image_seed, view_key
+from ..cache.keys import image_keys, per_image_seed, view_key
+from ..cache.store import FeatureStore
 from ..compute import CPU, Compute
 from ..data.input_spec import InputSpec
 from ..data.transforms import Augmentation, Preprocess
@@ -56,3 +59,24 @@ def view_features(store, model: str, backbone: Backbone, preprocess: Preprocess,
         return extract_features(backbone, preprocess, view_images, view_regions, spec, desc=desc,
                                 progress=progress, compute=compute)
     return store.features(model, view_key(transform, view, seed), keys, missing)
+
+
+@dataclass
+class FrozenFeatures:
+    """One frozen backbone's features through the cache, for training and then for evaluation: the training views,
+    the validation images the head is checked on each epoch, and the test images (once, when evaluated).
+    ``model`` is the backbone's cache key."""
+    store: FeatureStore
+    model: str
+    backbone: Backbone
+    preprocess: Preprocess
+    spec: InputSpec
+    seed: int
+    compute: Compute = CPU
+    progress: bool = False
+
+    def of(self, images: torch.Tensor, regions: torch.Tensor, transform: Augmentation | None = None, view: int = 0,
+           keys: list[str] | None = None, desc: str = "features") -> torch.Tensor:
+        keys = keys if keys is not None else image_keys(images, regions)
+        return view_features(self.store, self.model, self.backbone, self.preprocess, images, regions, keys, self.spec,
+                             transform, self.seed, view, self.progress, desc, self.compute)
