@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import zipfile
 
 import mlflow
 import numpy as np
@@ -138,6 +139,20 @@ def test_predict_finds_each_images_own_mask_by_sub_path(make_folders, tmp_path, 
     assert len(merged) == len(trained)  # every validation/test image shares its file name with 2 other classes
     for cls in ("alpha", "beta", "gamma"):
         assert np.allclose(merged[f"p_{cls}_t"], merged[f"p_{cls}_p"], atol=1e-5)
+
+    # the same dataset as a zip: read as the folder it holds (its masks folder found beside the classes)
+    archive = tmp_path / "cells.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in root.rglob("*.png"):
+            handle.write(path, path.relative_to(root.parent))
+    code, stdout, stderr = run_cli(capsys, "predict", "-m", result.run_id, archive, "-o", tmp_path / "zipped.csv")
+    assert code == 0, stderr
+    zipped = pd.read_csv(tmp_path / "zipped.csv")
+    both = predicted.assign(key=predicted["file"].map(key)).merge(zipped.assign(key=zipped["file"].map(key)),
+                                                                  on="key", suffixes=("", "_zip"))
+    assert len(zipped) == len(both) == 30
+    for cls in ("alpha", "beta", "gamma"):
+        assert np.allclose(both[f"p_{cls}"], both[f"p_{cls}_zip"], atol=1e-6)
 
 
 def test_mask_lookup_prefers_the_longest_matching_sub_path(tmp_path):

@@ -1,4 +1,7 @@
+import shutil
+import tempfile
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -8,6 +11,7 @@ from bloodml.config import build_config
 from bloodml.data.prepare import read_labelled
 from bloodml.data.readers import ReaderOptions, read_dataset
 from bloodml.errors import BloodmlError
+from bloodml.runtime import cache_root
 from conftest import ALLIDB2, WBC, cell_image, needs_allidb2, needs_wbc
 
 
@@ -111,6 +115,39 @@ def test_zip_of_a_dataset(make_folders, tmp_path):
             handle.write(path, path.relative_to(root.parent))
     table, fmt, _ = read_dataset(archive, ReaderOptions(masks_dir="masks"), workdir=tmp_path)
     assert fmt == "folders" and len(table) == 6 and table["mask_path"].notna().all()
+
+
+def test_a_zip_given_as_data_is_unpacked_once_into_the_cache_and_nothing_is_left_in_tmp(make_folders, tmp_path,
+                                                                                         monkeypatch):
+    root = make_folders(per_class=2)
+    archive = tmp_path / "ds.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in root.rglob("*.png"):
+            handle.write(path, path.relative_to(root.parent))
+    scratch = tmp_path / "system_tmp"  # the system's temporary folder, watched
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    first, _, _ = read_dataset(archive, ReaderOptions())
+    unpacked = Path(first["path"].iloc[0])
+    assert unpacked.is_relative_to(cache_root() / "unzipped") and list(scratch.iterdir()) == []
+    stamp = unpacked.stat().st_mtime_ns
+    again, _, _ = read_dataset(archive, ReaderOptions())  # the same files, not unpacked again
+    assert list(again["path"]) == list(first["path"]) and unpacked.stat().st_mtime_ns == stamp
+    assert len(list((cache_root() / "unzipped").iterdir())) == 1
+    shutil.rmtree(cache_root() / "unzipped")  # an interrupted unpacking (no completion mark) is redone
+    (cache_root() / "unzipped" / unpacked.relative_to(cache_root() / "unzipped").parts[0] / "files").mkdir(
+        parents=True)
+    third, _, _ = read_dataset(archive, ReaderOptions())
+    assert list(third["path"]) == list(first["path"]) and Path(third["path"].iloc[0]).is_file()
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as handle:
+        handle.writestr("ok/a/x.png", b"")
+        handle.writestr("../escape.png", b"")
+    for workdir in (None, tmp_path / "work"):
+        with pytest.raises(BloodmlError, match="zip-slip"):
+            read_dataset(evil, ReaderOptions(), workdir=workdir)
+    assert list(scratch.iterdir()) == [] and len(list((cache_root() / "unzipped").iterdir())) == 1
 
 
 def test_zip_slip_is_refused(tmp_path):

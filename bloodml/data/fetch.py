@@ -1,7 +1,7 @@
 """Public datasets bloodml can fetch: pinned sources, every file checked against its pinned SHA-256, cached.
 
 ``bloodml data fetch NAME`` downloads a dataset's archive (a pinned commit, so the content cannot drift), extracts
-it with the zip-slip checks of :func:`bloodml.data.readers.extract_zip`, checks every file it keeps against the
+it with the zip-slip checks of :func:`bloodml.data.archives.extract_zip`, checks every file it keeps against the
 SHA-256 list shipped in ``data/catalog/NAME.sha256`` and only then moves the folder into place
 (``$BLOODML_CACHE/data/NAME``): a failed or corrupted download leaves nothing behind. Hashes are of the files, not
 of the archive, because GitHub builds its archives on request and does not promise their bytes.
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import BloodmlError
 from ..runtime import cache_root, say, show_progress
 from .hashing import file_sha256
-from .readers import extract_zip
+from .archives import extract_zip
 
 CATALOG_FILES = Path(__file__).with_name("catalog")
 VERIFIED = ".bloodml-verified"  # written last into a complete, checked dataset folder

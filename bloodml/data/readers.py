@@ -11,21 +11,19 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 import pandas as pd
 
 from ..errors import BloodmlError
+from .archives import extract_zip
 from .images import is_image_file
 from .masks import find_mask
 
 FORMATS = ("auto", "wbc", "manifest", "folders")
 TABLE_COLUMNS = ["path", "label", "mask_path", "group", "source"]
 WBC_CLASS_NAMES = {"1": "neutrophil", "2": "lymphocyte", "3": "monocyte", "4": "eosinophil", "5": "basophil"}
-MAX_ZIP_BYTES = 4 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -304,32 +302,6 @@ def _finish(rows: list[dict], source: Path, unlabelled: list[int] | None = None,
         raise BloodmlError(f"{source}: image {table.loc[duplicated, 'path'].iloc[0]} is listed more than once; "
                            f"keep one row per image.")
     return table
-
-
-def extract_zip(archive: Path, workdir: Path | None = None) -> Path:
-    """Extract a dataset zip into a fresh working folder, refusing entries that would escape it (zip-slip)."""
-    archive = Path(archive)
-    try:
-        handle = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        raise BloodmlError(f"{archive}: not a valid zip file; re-create the archive.")
-    target = Path(tempfile.mkdtemp(prefix="bloodml-zip-", dir=workdir))
-    with handle:
-        total = 0
-        for info in handle.infolist():
-            name = info.filename
-            if name.startswith("/") or ".." in Path(name).parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise BloodmlError(f"{archive}: entry '{name}' would be written outside the extraction folder "
-                                   f"(zip-slip or symlink); rebuild the zip with plain relative paths.")
-            total += info.file_size
-            if total > MAX_ZIP_BYTES:
-                raise BloodmlError(f"{archive}: unpacks to more than {MAX_ZIP_BYTES >> 30} GiB; unzip it yourself.")
-        try:
-            handle.extractall(target)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise BloodmlError(f"{archive}: damaged zip ({exc}); re-create the archive.")
-    entries = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
 
 
 def detect_format(folder: Path, options: ReaderOptions) -> str:
