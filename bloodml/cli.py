@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -296,6 +297,14 @@ def data_inspect(config_path, **values):
         click.echo(line)
 
 
+def _as_options(argv: list[str]) -> str:
+    """``name=value`` arguments of run parameters (the spelling of `mlflow run -P`) rewritten as --name value; empty
+    when there are none."""
+    pairs = [a.split("=", 1) for a in map(str, argv) if not a.startswith("-") and "=" in a]
+    known = [(name, value) for name, value in pairs if name in PARAMETERS]
+    return " ".join(f"--{name} {shlex.quote(value)}" for name, value in known)
+
+
 def main(argv=None):
     from .runtime import show_progress
 
@@ -310,7 +319,12 @@ def main(argv=None):
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as error:
-        error.show()
+        written = _as_options(argv if argv is not None else sys.argv[1:]) if isinstance(error, click.UsageError) \
+            else ""
+        if written:
+            click.echo(f"error: {error.format_message()}; options are written --name value: {written}", err=True)
+        else:
+            error.show()
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

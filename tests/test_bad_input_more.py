@@ -1,15 +1,20 @@
 """More bad (and awkward but legitimate) inputs through the CLI. Errors: one line naming the item and the fix,
 exit code 2, no traceback. Legitimate oddities (16-bit, palette, CMYK, BOM, CRLF, whitespace) just work."""
 
+import hashlib
 import os
 import zipfile
 
+import mlflow
 import numpy as np
 import pytest
 from PIL import Image
 
+from bloodml.config import build_config
+from bloodml.tracking.runs import metric_keys
+from bloodml.train import run_training
 from clihelp import run_cli
-from conftest import TINY_BACKBONE, cell_image
+from conftest import TINY_BACKBONE, cell_image, tiny_overrides
 
 FAST = ["--backbone", TINY_BACKBONE, "--pretrained", "false", "--image_size", "32", "--epochs", "1",
         "--min_class_count", "2", "--near_duplicate_distance", "-1", "--gradcam_samples", "0", "--bootstrap", "100"]
@@ -231,3 +236,25 @@ def test_a_camera_rotated_image_is_read_as_shown_so_its_mask_lines_up(tmp_path):
                                               InputSpec(image_size=32, mask_mode="cell"))
     assert found and regions[:8].all() and not regions[9:].any()  # top quarter, resized to 32 x 32
     assert image[:, :8].float().mean() > 200 and image[:, 9:].float().mean() < 40  # the bright band under it
+
+
+def test_class_names_mlflow_would_refuse_as_metric_names_still_train_and_log(make_folders):
+    """Per-class metrics carry the class names; MLflow refuses brackets, commas and '+' in metric names, which used
+    to end a finished training run in an error before its metrics and model were logged."""
+    root = make_folders(per_class=6)
+    for plain, odd in zip(("alpha", "beta", "gamma"), ("T-Zelle (CD3+)", "seg, band", "Blast ä")):
+        (root / plain).rename(root / odd)
+        (root / "masks" / plain).rename(root / "masks" / odd)
+    result = run_training(build_config(None, tiny_overrides(root, gradcam_samples=0, epochs=2)))
+    logged = mlflow.MlflowClient().get_run(result.run_id).data.metrics
+    assert logged["test_recall_T-Zelle _CD3__"] == result.metrics["test_recall_T-Zelle (CD3+)"]
+    assert "test_recall_seg_ band" in logged and "test_recall_Blast ä" in logged  # accented letters are kept
+    keys = metric_keys(["p(1)", "p,1)", "a/../b", "/x"])
+    assert keys["p(1)"] == "p_1_" and keys["p,1)"] == "p_1__" + hashlib.sha256(b"p,1)").hexdigest()[:8]  # apart
+    assert keys["a/../b"] == "a____b" and keys["/x"] == "_x"  # no path tricks
+
+
+def test_run_parameters_written_as_name_value_get_the_command_with_options(capsys):
+    code, out, err = run_cli(capsys, "train", "data=my cells", "epochs=3", "stray")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "options are written --name value: --data 'my cells' --epochs 3" in err

@@ -3,7 +3,10 @@ find runs, finish them. The rest of bloodml calls these and never mlflow itself.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import posixpath
+import re
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -126,10 +129,35 @@ def log_datasets(splits: dict[str, pd.DataFrame], name: str, source: str, digest
     _client().log_inputs(_run_id(run_id), datasets=inputs)
 
 
+def metric_key(name: str) -> str:
+    """``name`` as MLflow accepts a metric name on every platform: per-class metrics carry the user's class names
+    ("T-Zelle (CD3+)", "seg, band"), and MLflow takes letters (accented ones too), digits, ``_ - . /`` and spaces
+    only, and no path tricks. Anything else becomes ``_``."""
+    key = re.sub(r"[^\w.\- /]", "_", name)
+    if posixpath.normpath(key) != key or key.startswith(("/", "..")):
+        key = key.replace("/", "_").replace("..", "__")
+    return key[:250]
+
+
+def metric_keys(names) -> dict[str, str]:
+    """Each name's MLflow key; two names that would share one (``a(1)`` and ``a,1``) keep apart with a short hash
+    of the name."""
+    keys, taken = {}, set()
+    for name in names:
+        key = metric_key(name)
+        if key in taken:
+            key = f"{key[:240]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+        keys[name] = key
+        taken.add(key)
+    return keys
+
+
 def log_metrics(metrics: dict[str, float], step: int = 0, run_id: str | None = None) -> None:
-    """All metrics at one step, in batches of 1,000 (values that are not finite are logged as MLflow stores them)."""
+    """All metrics at one step, in batches of 1,000 (values that are not finite are logged as MLflow stores them);
+    names made acceptable to MLflow by :func:`metric_keys`."""
     stamp = int(pd.Timestamp.now().timestamp() * 1000)
-    items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+    keys = metric_keys(metrics)
+    items = [Metric(keys[k], float(v), stamp, step) for k, v in metrics.items()]
     run_id = _run_id(run_id)
     for start in range(0, len(items), 1000):
         _client().log_batch(run_id, metrics=items[start:start + 1000])
