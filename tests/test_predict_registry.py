@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import zipfile
@@ -51,6 +52,33 @@ def test_registered_model_is_loaded_by_alias_in_another_process(make_wbc, capsys
     assert done.returncode == 0, done.stderr[-2000:]
     run_id, shape, total = done.stdout.split()[-4:-2][0], done.stdout.split()[-3] + done.stdout.split()[-2], done.stdout.split()[-1]
     assert run_id == result.run_id and shape == "(2,2)" and total == "2.0"
+
+
+FRESH_SHELL = """
+import sys, mlflow
+from bloodml.tracking.image_model import image_model_uri
+from bloodml.tracking.registry import register
+mlflow.set_tracking_uri(sys.argv[1])
+print(image_model_uri(sys.argv[2]))
+version = register(sys.argv[2], "cells-elsewhere")
+print(mlflow.MlflowClient().get_model_version("cells-elsewhere", version).source)
+"""
+
+
+def test_a_later_command_finds_the_models_of_a_run_in_any_experiment(make_wbc):
+    """`bloodml serve -m <run>` and `bloodml register <run>` typed in a new shell: no active experiment there (in a
+    test, training's set_experiment leaks MLFLOW_EXPERIMENT_ID into child processes, so it is removed). MLflow looks
+    for logged models in the active experiment only; serve used to answer 'run ... has no image_model'."""
+    result = run_training(build_config(None, tiny_overrides(make_wbc(per_class=5), experiment="elsewhere", epochs=1,
+                                                             gradcam_samples=0)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_EXPERIMENT")}
+    done = subprocess.run([sys.executable, "-c", FRESH_SHELL, mlflow.get_tracking_uri(), result.run_id],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    served, registered = done.stdout.split()[-2:]
+    assert served == f"runs:/{result.run_id}/image_model"
+    assert registered.startswith("models:/m-")  # the logged model itself, not the run's empty 'model' path
+    assert "has no artifacts" not in done.stderr
 
 
 def test_predict_needs_masks_for_a_masked_model(make_folders, tmp_path, capsys):

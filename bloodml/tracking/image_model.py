@@ -29,7 +29,7 @@ from ..errors import BloodmlError
 from ..segmentation.network import LoadedSegmenter
 from ..serving.frames import CONFIDENCE, IMAGE, LABEL, MASK, classify_frame, probability_column
 from .model import directory_sha256, network_requirements
-from .registry import model_uri, source_run
+from .registry import model_uri, run_logged_models, source_run
 
 IMAGE_MODEL = "image_model"
 IMAGE_HASH_TAG = "bloodml.image_model_sha256"
@@ -102,8 +102,7 @@ def image_model_uri(reference: str) -> str:
             raise BloodmlError(f"model '{reference}': not a run's model; pass models:/<name>@<alias>, "
                                f"models:/<name>/<version>, runs:/<run_id>/model or a run ID.")
         logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
-        logged |= {m.name for m in mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'",
-                                                                output_format="list")}
+        logged |= {m.name for m in run_logged_models(run_id)}
     except MlflowException as exc:
         raise BloodmlError(f"model '{reference}' not found ({str(exc).splitlines()[0][:160]}); check the name, "
                            f"alias or run ID and MLFLOW_TRACKING_URI.")

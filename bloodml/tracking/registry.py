@@ -61,10 +61,26 @@ def _permitted(name: str, what: str):
                                       f"needs EDIT on it)") from None
 
 
+def run_logged_models(run_id: str) -> list:
+    """The models a run logged (searched in the run's own experiment: by default MLflow looks only in the active
+    one)."""
+    experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    return mlflow.search_logged_models(experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'",
+                                       output_format="list")
+
+
+def logged_model_uri(run_id: str, artifact: str = "model") -> str:
+    """``models:/<model_id>`` of the model named ``artifact`` that the run logged (MLflow 3 keeps logged models
+    beside the run's artifacts; registering ``runs:/<run_id>/model`` works but warns that the path is empty), else
+    ``runs:/<run_id>/<artifact>``."""
+    logged = [m for m in run_logged_models(run_id) if m.name == artifact]
+    return max(logged, key=lambda m: m.creation_timestamp).model_uri if logged else f"runs:/{run_id}/{artifact}"
+
+
 def register_version(run_id: str, name: str, tags: dict | None = None, artifact: str = "model") -> str:
-    """Register ``runs:/<run_id>/<artifact>`` as a new version of ``name``. Returns the version."""
+    """Register the run's model ``artifact`` as a new version of ``name``. Returns the version."""
     with _permitted(name, "register a version"):
-        version = str(mlflow.register_model(f"runs:/{run_id}/{artifact}", name).version)
+        version = str(mlflow.register_model(logged_model_uri(run_id, artifact), name).version)
     for key, value in (tags or {}).items():
         set_version_tag(name, version, key, value)
     return version
