@@ -180,11 +180,13 @@ def _log_study_plots(study: optuna.Study, parent_run_id: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, plot in plots.items():
             try:
-                axes = plot(study)
-                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
-                figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
-                figure.tight_layout()
-                figure.savefig(Path(tmp) / f"{name}.png", dpi=100)
+                with warnings.catch_warnings():  # matplotlib's layout advice on a one-trial plot: noise in the log
+                    warnings.simplefilter("ignore", UserWarning)
+                    axes = plot(study)
+                    figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+                    figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
+                    figure.tight_layout()
+                    figure.savefig(Path(tmp) / f"{name}.png", dpi=100)
                 plt.close("all")
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
                 say(f"note: study plot {name} skipped ({exc})")
