@@ -114,6 +114,19 @@ def test_bom_crlf_and_whitespace_are_fine(tmp_path, capsys):
     assert "12 images" in _works(capsys, "data", "inspect", "--data", path, "--min_class_count", "2")
 
 
+def test_utf16_csv_as_excel_saves_unicode_text(tmp_path, capsys):
+    rows = [f"c{i}.png\t{'a' if i % 2 else 'b'}" for i in range(12)]
+    path = _manifest(tmp_path, [], text=("image\tlabel\r\n" + "\r\n".join(rows) + "\r\n").encode("utf-16"))
+    assert path.read_bytes()[:2] == b"\xff\xfe"
+    assert "12 images" in _works(capsys, "data", "inspect", "--data", path, "--min_class_count", "2")
+
+
+def test_one_class_is_refused_without_advice_to_lower_min_class_count(tmp_path, capsys):
+    path = _manifest(tmp_path, [f"c{i}.png,blast" for i in range(12)])
+    err = _fails(capsys, "data", "inspect", "--data", path)
+    assert "only one class in the labels (blast 12 images)" in err and "min_class_count" not in err
+
+
 def test_non_utf8_csv(tmp_path, capsys):
     path = _manifest(tmp_path, [], text="image,label\nc1.png,lymphocyte \xe9\n".encode("latin-1"))
     assert "not UTF-8 text" in _fails(capsys, "data", "inspect", "--data", path)

@@ -85,8 +85,12 @@ def drop_rare_classes(table: pd.DataFrame, min_count: int) -> tuple[pd.DataFrame
              for name, n in rare.items()]
     kept = table.loc[~table["label"].isin(rare.index)].reset_index(drop=True)
     if kept["label"].nunique() < 2:
+        listed = ", ".join(f"{name} {int(n)}" for name, n in counts.items())
+        if len(counts) < 2:
+            raise BloodmlError(f"only one class in the labels ({listed} images); a classifier needs two or more: "
+                               f"check label_column, or add the other classes' images.")
         raise BloodmlError(f"fewer than two classes left after dropping classes under {min_count} images "
-                           f"(counts: {dict(counts)}); lower min_class_count or add images.")
+                           f"(counts: {listed}); lower min_class_count or add images.")
     return kept, notes
 
 

@@ -43,11 +43,12 @@ class ReaderOptions:
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    """Read a label CSV tolerating BOMs, CRLF, stray whitespace and the delimiter (comma, or the semicolon,
-    tab or bar some spreadsheets write); strings only."""
+    """Read a label CSV tolerating BOMs (UTF-8, or UTF-16 as Excel's 'Unicode Text' writes), CRLF, stray whitespace
+    and the delimiter (comma, or the semicolon, tab or bar some spreadsheets write); strings only."""
     raw = Path(path).read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        # UTF-16 says so in its byte-order mark (Excel's 'Unicode Text'); anything else is to be UTF-8
+        text = raw.decode("utf-16") if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BloodmlError(
             f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV (Excel: 'CSV UTF-8')."
