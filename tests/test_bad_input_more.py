@@ -271,3 +271,13 @@ def test_run_parameters_written_as_name_value_get_the_command_with_options(capsy
     code, out, err = run_cli(capsys, "train", "data=my cells", "epochs=3", "stray")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "options are written --name value: --data 'my cells' --epochs 3" in err
+
+
+def test_every_image_a_copy_under_another_label_is_named_not_a_split_error(tmp_path, capsys):
+    for label in ("a", "b"):
+        (tmp_path / "blank" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "blank" / label / f"{label}{i}.png")
+    err = _fails(capsys, "train", "--data", tmp_path / "blank", *FAST)
+    assert "each of the 12 images has a copy under another label (a0.png, a1.png, a2.png ...)" in err
+    assert "stratify" not in err

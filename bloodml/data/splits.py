@@ -13,6 +13,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ..errors import BloodmlError
+from .images import first_few
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "group", "split", "sha256", "phash", "mask_path", "source_group"]
@@ -58,6 +59,11 @@ def drop_conflicting_copies(table: pd.DataFrame, copies=()) -> tuple[pd.DataFram
     if not len(conflicting):
         return table, list(copies), []
     drop = copy_groups.isin(conflicting).to_numpy()
+    if drop.all():
+        names = first_few([Path(p).name for p in table["path"]])
+        raise BloodmlError(f"each of the {len(table)} images has a copy under another label ({names}), so none can be "
+                           f"used: are the files what they should be (not one blank or repeated export)? Fix the "
+                           f"images or the labels.")
     notes = []
     for group in conflicting:
         members = table.loc[(copy_groups == group).to_numpy()]
