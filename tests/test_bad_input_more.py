@@ -14,7 +14,7 @@ from bloodml.config import build_config
 from bloodml.tracking.runs import metric_keys
 from bloodml.train import run_training
 from clihelp import run_cli
-from conftest import TINY_BACKBONE, cell_image, tiny_overrides
+from conftest import REPO, TINY_BACKBONE, cell_image, tiny_overrides
 
 FAST = ["--backbone", TINY_BACKBONE, "--pretrained", "false", "--image_size", "32", "--epochs", "1",
         "--min_class_count", "2", "--near_duplicate_distance", "-1", "--gradcam_samples", "0", "--bootstrap", "100"]
@@ -281,3 +281,14 @@ def test_every_image_a_copy_under_another_label_is_named_not_a_split_error(tmp_p
     err = _fails(capsys, "train", "--data", tmp_path / "blank", *FAST)
     assert "each of the 12 images has a copy under another label (a0.png, a1.png, a2.png ...)" in err
     assert "stratify" not in err
+
+
+def test_a_config_made_for_another_dataset_is_named_when_its_layout_does_not_fit(make_folders, capsys):
+    """`mlflow run . -P data=<my folder>` keeps the default config, experiments/wbc.yaml (format=wbc): the error
+    says the folder's own layout and how to drop the config, instead of advising a manifest."""
+    root = make_folders(per_class=4)
+    err = _fails(capsys, "train", "--config", REPO / "experiments/wbc.yaml", "--data", root)
+    assert "the wbc format needs exactly one labels CSV" in err
+    assert "but this data looks like the folders layout" in err and "-P config=" in err and "format=auto" in err
+    err = _fails(capsys, "train", "--config", REPO / "experiments/allidb2.yaml", "--data", root, "--format", "auto")
+    assert "mapping.csv: CSV not found" in err  # was a FileNotFoundError 'please report it'

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PureWindowsPath
 
 import pandas as pd
@@ -45,6 +45,8 @@ class ReaderOptions:
 def read_csv(path: Path) -> pd.DataFrame:
     """Read a label CSV tolerating BOMs (UTF-8, or UTF-16 as Excel's 'Unicode Text' writes), CRLF, stray whitespace
     and the delimiter (comma, or the semicolon, tab or bar some spreadsheets write); strings only."""
+    if not Path(path).is_file():
+        raise BloodmlError(f"{path}: CSV not found; fix manifest= or data=.")
     raw = Path(path).read_bytes()
     try:
         # UTF-16 says so in its byte-order mark (Excel's 'Unicode Text'); anything else is to be UTF-8
@@ -352,6 +354,15 @@ def read_dataset(data: str | Path, options: ReaderOptions, workdir: Path | None 
     elif data.is_file() and data.suffix.lower() != ".csv":
         raise BloodmlError(f"{data}: data must be a folder, a manifest .csv or a .zip; point data= at one.")
     fmt = detect_format(data, options) if options.format == "auto" else options.format
+    try:
+        table, root = _read_layout(data, fmt, options)
+    except BloodmlError as error:
+        hint = other_layout_hint(data, fmt, options)
+        raise BloodmlError(f"{str(error).rstrip('.')}; {hint}" if hint else str(error)) from None
+    return table, fmt, root
+
+
+def _read_layout(data: Path, fmt: str, options: ReaderOptions) -> tuple[pd.DataFrame, Path]:
     if fmt == "manifest":
         csv_path = data if data.is_file() else None
         if csv_path is None:
@@ -361,12 +372,27 @@ def read_dataset(data: str | Path, options: ReaderOptions, workdir: Path | None 
                 csv_path = _find_label_csv(data)
         if not csv_path.is_file():
             raise BloodmlError(f"{csv_path}: manifest not found; fix manifest= or data=.")
-        return read_manifest(csv_path, options), fmt, csv_path.parent
+        return read_manifest(csv_path, options), csv_path.parent
     if data.is_file():
         raise BloodmlError(f"{data}: format={fmt} needs a folder, not a file; point data= at the folder.")
     reader = {"wbc": read_wbc, "folders": read_folders}[fmt]
-    table = reader(data, options)
-    return table, fmt, data
+    return reader(data, options), data
+
+
+def other_layout_hint(data: Path, fmt: str, options: ReaderOptions) -> str:
+    """When a format given outright (often by a config file made for another dataset: experiments/wbc.yaml sets
+    format=wbc) does not fit the folder but another layout does: how to let bloodml detect it."""
+    if options.format == "auto" and not options.manifest:
+        return ""
+    try:
+        detected = detect_format(data, replace(options, format="auto", manifest=""))
+    except BloodmlError:
+        return ""
+    if detected == fmt:
+        return ""
+    auto = "" if options.manifest else ", or pass format=auto"  # an empty override cannot clear a config's manifest
+    return (f"but this data looks like the {detected} layout: leave out the config file made for another dataset "
+            f"(with mlflow run: -P config=){auto}.")
 
 
 def _query(table: pd.DataFrame, query: str, csv_path: Path) -> pd.DataFrame:
