@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -127,7 +128,8 @@ def study(study_file, out, sets, resume, **values):
         key, value = item.split("=", 1)
         overrides[key.strip()] = value.strip()
     spec = load_study(study_file, overrides)
-    run_study(spec, Path(out or f"study-{spec.name}"), resume=resume)
+    run_study(spec, _writable_folder(Path(out or f"study-{spec.name}").expanduser(), f"--out {out}" if out else
+                                     "the report folder"), resume=resume)
 
 
 @cli.command("evaluate")
@@ -197,7 +199,7 @@ def register(run_id, name, alias):
               help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/model or a run ID")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--masks-dir", default=None, help="folder of masks named like the images (models trained with masks)")
-@click.option("-o", "--output", default="predictions.csv", show_default=True, help="CSV to write")
+@click.option("-o", "--output", default="predictions.csv", show_default=True, help="CSV to write (a folder: predictions.csv in it)")
 @click.option("--pattern", default="*", show_default=True,
               help="file names to take from folders, e.g. '*.bmp' when masks sit beside the images")
 @click.option("--masks-from", "--masks_from", "masks_from", default="",
@@ -223,11 +225,11 @@ def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter
     from .predict import predict_images
     from .tracking.store import configure_tracking
 
+    target = _output_file(output, "predictions.csv")  # checked before the work, not after
     configure_tracking()
     table, groups = predict_images(reference, list(inputs), masks_dir, pattern=pattern, masks_from=masks_from,
                                    segmenter=segmenter, image_column=image_column, group_column=group_column,
                                    group_aggregate=group_aggregate, adapt_bn=adapt_bn, test_blur=test_blur)
-    target = Path(output)
     _write_csv(table, target)
     counts = table["predicted_label"].value_counts()
     click.echo(f"{len(table)} images -> {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -239,12 +241,42 @@ def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter
                    + ", ".join(f"{k} {v}" for k, v in calls.items()))
 
 
+def _writable_folder(folder: Path, option: str) -> Path:
+    """``folder`` once it, or the nearest folder above it that exists (where it will be created), takes a file;
+    else one line before any work is done, so a long study or a prediction run is not lost at its last step."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".bloodml-write-check-"):
+            pass
+    except OSError as exc:
+        raise BloodmlError(f"{option}: cannot write in {existing} ({exc.strerror or exc}); pass a place you can "
+                           f"write to.")
+    return folder
+
+
+def _output_file(output: str, name: str) -> Path:
+    """Where ``-o`` says to write: a file, or ``name`` inside it when it is a folder; checked before the work."""
+    target = Path(output).expanduser()
+    if target.is_dir():
+        target = target / name
+    _writable_folder(target.parent, f"-o {output}")
+    return target
+
+
 def _write_csv(table, target: Path) -> None:
     """Written whole or not at all: never a half-written CSV."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
-    table.to_csv(partial, index=False)
-    partial.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(partial, index=False)
+        partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise BloodmlError(f"{target}: cannot be written ({exc.strerror or exc}); free some space or pass another -o.")
 
 
 @cli.command()

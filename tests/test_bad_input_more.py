@@ -292,3 +292,15 @@ def test_a_config_made_for_another_dataset_is_named_when_its_layout_does_not_fit
     assert "but this data looks like the folders layout" in err and "-P config=" in err and "format=auto" in err
     err = _fails(capsys, "train", "--config", REPO / "experiments/allidb2.yaml", "--data", root, "--format", "auto")
     assert "mapping.csv: CSV not found" in err  # was a FileNotFoundError 'please report it'
+
+
+def test_an_output_place_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    # the model reference is not even looked up: the output is checked first
+    err = _fails(capsys, "predict", "-m", "no-such-model", tmp_path, "-o", blocker / "p.csv")
+    assert err.startswith(f"error: -o {blocker / 'p.csv'}: cannot write in {blocker}")
+    err = _fails(capsys, "study", "--config", REPO / "experiments/wbc_study_offline.yaml", "--out", blocker / "report")
+    assert f"--out {blocker / 'report'}: cannot write in {blocker}" in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing was started or left behind

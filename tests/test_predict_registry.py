@@ -173,9 +173,10 @@ def test_predict_finds_each_images_own_mask_by_sub_path(make_folders, tmp_path, 
     with zipfile.ZipFile(archive, "w") as handle:
         for path in root.rglob("*.png"):
             handle.write(path, path.relative_to(root.parent))
-    code, stdout, stderr = run_cli(capsys, "predict", "-m", result.run_id, archive, "-o", tmp_path / "zipped.csv")
+    (tmp_path / "zipped").mkdir()  # -o naming a folder: predictions.csv in it
+    code, stdout, stderr = run_cli(capsys, "predict", "-m", result.run_id, archive, "-o", tmp_path / "zipped")
     assert code == 0, stderr
-    zipped = pd.read_csv(tmp_path / "zipped.csv")
+    zipped = pd.read_csv(tmp_path / "zipped" / "predictions.csv")
     both = predicted.assign(key=predicted["file"].map(key)).merge(zipped.assign(key=zipped["file"].map(key)),
                                                                   on="key", suffixes=("", "_zip"))
     assert len(zipped) == len(both) == 30
