@@ -199,7 +199,8 @@ def register(run_id, name, alias):
               help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/model or a run ID")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--masks-dir", default=None, help="folder of masks named like the images (models trained with masks)")
-@click.option("-o", "--output", default="predictions.csv", show_default=True, help="CSV to write (a folder: predictions.csv in it)")
+@click.option("-o", "--output", default="predictions.csv", show_default=True,
+              help="CSV to write (a folder: predictions.csv in it)")
 @click.option("--pattern", default="*", show_default=True,
               help="file names to take from folders, e.g. '*.bmp' when masks sit beside the images")
 @click.option("--masks-from", "--masks_from", "masks_from", default="",
