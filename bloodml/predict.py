@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from .data.acquisition import sharpness_blur
-from .data.archives import unzipped
+from .data.archives import is_zip, unzipped
 from .data.dataset import cell_free as marks_no_cell, load_batch
 from .data.images import IMAGE_EXTENSIONS, first_few, is_image_file, unreadable_files, unreadable_summary
 from .data.input_spec import InputSpec
@@ -206,7 +206,7 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     row per group: its cells pooled by ``group_aggregate`` (default: as the model was trained) into one call.
     ``adapt_bn`` re-estimates the model's batch-norm statistics on these images first; ``test_blur`` blurs them
     (Gaussian sigma in pixels of the network input). Returns (cells, groups or None)."""
-    inputs = [unzipped(Path(i)) if Path(i).is_file() and Path(i).suffix.lower() == ".zip" else i for i in inputs]
+    inputs = [unzipped(Path(i)) if is_zip(i) else i for i in inputs]
     model, meta = load_model(reference, network=adapt_bn)
     classes, spec, profile = model_facts(meta)
     spec = with_masks_from(spec, masks_from, segmenter)

@@ -179,9 +179,8 @@ def build_trainer(config: RunConfig, spec: InputSpec, backbone, head, train: Ima
                                               desc=f"features view {v + 1}/{views}") for v in range(views)])
     val_features = features.of(val.images, val.regions, desc="features val")
     seconds = time.perf_counter() - started
-    store = features.store
     say(f"features: {views} view(s) x {len(train)} training + {len(val)} validation images in "
-        f"{seconds:.1f}s ({store.hits} cached, {store.misses} computed)")
+        f"{seconds:.1f}s ({features.store.hits} cached, {features.store.misses} computed)")
     trainer = HeadTrainer(head, train_features, train.labels, val_features, val.labels, len(classes), settings,
                           compute)
     trainer.features = features
@@ -275,10 +274,11 @@ def cached_scores(model: BloodCellClassifier, trainer, sets: dict[str, ImageSet]
 
     @torch.no_grad()
     def scores(split: str) -> torch.Tensor:
-        cached = features.of(sets[split].images, sets[split].regions, desc=f"features {split}")
+        cached = (trainer.validation_features() if split == "val" else
+                  compute.put(features.of(sets[split].images, sets[split].regions, desc=f"features {split}")))
         head = model.head.eval().to(compute.device)
         with compute.autocast():
-            return head(compute.put(cached)).float().cpu()
+            return head(cached).float().cpu()
     return scores
 
 

@@ -20,6 +20,11 @@ MAX_ZIP_BYTES = 4 * 1024**3
 COMPLETE = ".complete"  # written last: a folder without it is an unpacking that did not finish
 
 
+def is_zip(path: str | Path) -> bool:
+    """A file named as a zip: a dataset to unpack, not an image or a CSV."""
+    return Path(path).is_file() and Path(path).suffix.lower() == ".zip"
+
+
 def _checked(archive: Path) -> zipfile.ZipFile:
     """The open archive, once every entry is known to stay inside the extraction folder and the total is sane."""
     try:
@@ -75,10 +80,10 @@ def unzipped(archive: Path) -> Path:
     """The archive unpacked once into ``<cache>/unzipped/<sha256>``: staged beside it and renamed into place when
     complete, so an interrupted unpacking is never read and is redone by the next run."""
     archive = Path(archive)
+    home = cache_root() / "unzipped" / file_sha256(archive)[:32]
+    if (home / COMPLETE).is_file():  # its entries were checked when it was unpacked
+        return _top(home / "files")
     with _checked(archive) as handle:
-        home = cache_root() / "unzipped" / file_sha256(archive)[:32]
-        if (home / COMPLETE).is_file():
-            return _top(home / "files")
         try:
             home.parent.mkdir(parents=True, exist_ok=True)
             stage = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=home.parent))

@@ -56,14 +56,9 @@ def add_hashes(table: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
         sha.append(digest)
         prints.append(known)
     if unreadable:
-        raise BloodmlError(unreadable_message(unreadable))
+        raise BloodmlError(files_error(unreadable, "images cannot be read",
+                                       "replace them or remove them from the dataset"))
     return table.assign(sha256=sha, phash=[hash_hex(p[0]) for p in prints], fingerprint=prints)
-
-
-def unreadable_message(errors: list[str]) -> str:
-    """One line for the files that cannot be read: the one file's own message, or how many, the first few (path
-    and reason) and the fix."""
-    return files_error(errors, "images cannot be read", "replace them or remove them from the dataset")
 
 
 def near_copies(table: pd.DataFrame, near_distance: int, similarity: float = COPY_SIMILARITY,

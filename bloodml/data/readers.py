@@ -17,7 +17,7 @@ from pathlib import Path, PureWindowsPath
 import pandas as pd
 
 from ..errors import BloodmlError
-from .archives import extract_zip
+from .archives import extract_zip, is_zip
 from .images import is_image_file
 from .masks import find_mask
 
@@ -349,7 +349,7 @@ def read_dataset(data: str | Path, options: ReaderOptions, workdir: Path | None 
         raise BloodmlError(f"{data}: no such file or folder; check the data= path.")
     if options.format not in FORMATS:
         raise BloodmlError(f"format='{options.format}' is unknown; use one of {', '.join(FORMATS)}.")
-    if data.is_file() and data.suffix.lower() == ".zip":
+    if is_zip(data):
         data = extract_zip(data, workdir)
     elif data.is_file() and data.suffix.lower() != ".csv":
         raise BloodmlError(f"{data}: data must be a folder, a manifest .csv or a .zip; point data= at one.")
@@ -370,8 +370,6 @@ def _read_layout(data: Path, fmt: str, options: ReaderOptions) -> tuple[pd.DataF
                 csv_path = data / options.manifest
             else:
                 csv_path = _find_label_csv(data)
-        if not csv_path.is_file():
-            raise BloodmlError(f"{csv_path}: manifest not found; fix manifest= or data=.")
         return read_manifest(csv_path, options), csv_path.parent
     if data.is_file():
         raise BloodmlError(f"{data}: format={fmt} needs a folder, not a file; point data= at the folder.")
