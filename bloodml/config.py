@@ -70,6 +70,9 @@ class RunConfig:
     image_size: int = _p(128, "network input size in pixels (square)", low=16, high=1024, group="model")
     finetune: str = _p("none", "backbone layers trained: none (frozen), last block, all", ("none", "last", "all"),
                        group="model")
+    features: str = _p("final", "what the head sees: final = the backbone's own pooled features; stages = its last "
+                                "three stages' maps, each average-pooled, concatenated (mid-level texture and shape)",
+                       ("final", "stages"), group="model")
     freeze_epochs: int = _p(0, "head-only epochs before unfreezing (finetune=last/all)", low=0, high=10000,
                             group="model")
     backbone_lr_factor: float = _p(0.1, "backbone learning rate = lr x this factor", low=0.0, high=10.0,

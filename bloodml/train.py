@@ -31,7 +31,7 @@ from .evaluation.groups import group_line
 from .evaluation.report import EvaluationSettings, evaluate
 from .evaluation.shift import ShiftProfile, descriptors
 from .models.classifier import BloodCellClassifier
-from .models.head import Head
+from .models.head import head_for
 from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
 from .segmentation.source import pinned, segmenter_for
@@ -311,7 +311,8 @@ def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: Image
     example = model.spec.network_input(test.images[:2], test.regions[:2])
     positive = positive_index(config, model.class_names)
     info = log_model(model.cpu().float(), example, {
-        "backbone": config.backbone, "bloodml_version": __version__, "tta": str(model.tta).lower(),
+        "backbone": config.backbone, "features": config.features, "bloodml_version": __version__,
+        "tta": str(model.tta).lower(),
         "shift_profile": profile.to_dict(), "threshold": config.threshold, "group_aggregate": config.group_aggregate,
         "group_top_k": config.group_top_k, "positive_class": model.class_names[positive] if positive is not None else ""})
     image, mask = example_files(test_files, model.spec)
@@ -340,14 +341,14 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     threads = configure(config.threads, config.seed)
     compute = resolve_compute(config.device, config.precision)
     started = time.perf_counter()
-    backbone = create_backbone(config.backbone, config.pretrained, config.weights)  # fail fast on missing weights
+    backbone = create_backbone(config.backbone, config.pretrained, config.weights, config.features)  # fail fast
     data = data or prepare(config, progress=progress)
     describe_data(data)
     spec, segmenter = masks_source(InputSpec.from_config(config, backbone.mean, backbone.std))
     sets = load_splits(data, spec, progress, segmenter)
     spec = fitted_spec(spec, sets["train"])
     torch.manual_seed(config.seed)
-    head = Head(backbone.feature_dim, len(data.classes), config.dropout)
+    head = head_for(backbone, len(data.classes), config.dropout)
 
     uri = configure_tracking()  # only once the inputs are known good: bad input leaves no store behind
     with open_run(config, parent_run_id, tags, resume_run_id) as run:

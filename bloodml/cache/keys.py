@@ -1,6 +1,7 @@
 """Cache keys: everything that changes a feature changes its key, and nothing else does.
 
-model key = backbone name + weights (every tensor) + preprocessing (modes and fitted statistics) + mask mode;
+model key = backbone name + the stages it pools (features=stages) + weights (every tensor) + preprocessing (modes
+            and fitted statistics) + mask mode;
 image key = the preloaded image's pixels and its region map (so its size and mask count);
 view key  = the augmentation (every magnitude) + the view number + the seed, or "plain".
 """
@@ -22,6 +23,9 @@ def _update_with_state(digest, module: nn.Module) -> None:
 
 def model_key(backbone_name: str, backbone: nn.Module, preprocess: nn.Module, mask_mode: str) -> str:
     digest = hashlib.sha256(f"bloodml-features-v1|{backbone_name}|{mask_mode}|".encode())
+    pooled = getattr(backbone, "pooled", [])
+    if pooled:  # features=stages (final features keep the keys they always had)
+        digest.update(f"stages={','.join(pooled)}|".encode())
     digest.update(f"{preprocess.color_space}|{preprocess.stain_norm}|{preprocess.normalize}|".encode())
     _update_with_state(digest, preprocess)
     _update_with_state(digest, backbone)

@@ -1,7 +1,10 @@
 """The backbone registry: one place that knows how to build each network, in the spirit of timm's create_model.
 
 A :class:`Backbone` maps a normalised image batch to pooled features (N, feature_dim) and knows its pretraining
-statistics, its last convolutional layer (for Grad-CAM) and its last block (for ``finetune=last``).
+statistics, its last convolutional layer (for Grad-CAM) and its last block (for ``finetune=last``). Its features
+are the network's own final pooled features (``features=final``) or its last three stages' feature maps, each
+average-pooled and concatenated (``features=stages``: mid-level texture and shape, which transfer better to cell
+images than the ImageNet-specific final layer).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from ..data.input_spec import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import BloodmlError
 from . import weights as W
 
+FEATURES = ("final", "stages")
+POOLED_STAGES = 3  # features=stages: how many of the last stages are pooled
+
 
 class Backbone(nn.Module):
     def __init__(self, body: nn.Module, feature_dim: int, mean, std, gradcam_layer: str, last_block: list[str],
@@ -29,9 +35,34 @@ class Backbone(nn.Module):
         self.gradcam_layer = gradcam_layer  # dotted path inside body
         self.last_block = last_block  # dotted paths of the modules unfrozen by finetune=last
         self.stages = list(stages or [])  # dotted paths of the feature maps at each reduction (a segmenter's skips)
+        self.features = "final"
+        self.pooled: list[str] = []  # features=stages: the stages whose maps are pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        if not self.pooled:
+            return self.body(x)
+        maps: dict[str, torch.Tensor] = {}
+        def keep(name: str):
+            return lambda _module, _inputs, out: maps.__setitem__(name, out)
+        handles = [self.submodule(name).register_forward_hook(keep(name)) for name in self.pooled]
+        try:
+            self.body(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.cat([maps[name].mean((2, 3)) for name in self.pooled], 1)
+
+    def use_stage_features(self, name: str) -> "Backbone":
+        """Pool the last stages' maps instead of the final features; Grad-CAM then looks at the last pooled stage."""
+        if len(self.stages) < POOLED_STAGES:
+            raise BloodmlError(f"features=stages: backbone '{name}' does not say where its stages are; use "
+                               f"features=final with it.")
+        self.features, self.pooled = "stages", self.stages[-POOLED_STAGES:]
+        self.gradcam_layer = self.pooled[-1]
+        was_training = self.training
+        with torch.no_grad():
+            self.feature_dim = int(self.eval()(torch.zeros(1, 3, 64, 64)).shape[1])
+        return self.train(was_training)
 
     def submodule(self, dotted: str) -> nn.Module:
         return self.body.get_submodule(dotted)
@@ -129,12 +160,17 @@ REGISTRY: dict[str, BackboneSpec] = {
 }
 
 
-def create_backbone(name: str, pretrained: bool = True, weights: str = "") -> Backbone:
-    """Build a registered backbone, or any timm model by name."""
+def create_backbone(name: str, pretrained: bool = True, weights: str = "", features: str = "final") -> Backbone:
+    """Build a registered backbone, or any timm model by name; ``features`` as in :data:`FEATURES`."""
+    if features not in FEATURES:
+        raise BloodmlError(f"features='{features}' is unknown; use one of {', '.join(FEATURES)}.")
     if name in REGISTRY:
-        return REGISTRY[name].build(pretrained, weights)
-    if name in timm.list_models():
-        return _any_timm(name)(pretrained, weights)
-    close = timm.list_models(f"*{name[:6]}*")[:3] if name else []
-    hint = f" (similar timm models: {', '.join(close)})" if close else ""
-    raise BloodmlError(f"backbone='{name}' is unknown{hint}; use one of {', '.join(REGISTRY)} or a timm model name.")
+        backbone = REGISTRY[name].build(pretrained, weights)
+    elif name in timm.list_models():
+        backbone = _any_timm(name)(pretrained, weights)
+    else:
+        close = timm.list_models(f"*{name[:6]}*")[:3] if name else []
+        hint = f" (similar timm models: {', '.join(close)})" if close else ""
+        raise BloodmlError(f"backbone='{name}' is unknown{hint}; use one of {', '.join(REGISTRY)} or a timm model "
+                           f"name.")
+    return backbone.use_stage_features(name) if features == "stages" else backbone

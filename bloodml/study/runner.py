@@ -44,8 +44,8 @@ class StudyResult:
 
 def check_backbones(spec: StudySpec) -> None:
     """Build every backbone once, so missing weights stop the study at once, not after hours."""
-    for backbone in sorted({c.config.backbone for c in spec.configurations}):
-        create_backbone(backbone, spec.base.pretrained, spec.base.weights)
+    for backbone, features in sorted({(c.config.backbone, c.config.features) for c in spec.configurations}):
+        create_backbone(backbone, spec.base.pretrained, spec.base.weights, features)
 
 
 def study_data(spec: StudySpec) -> PreparedData:

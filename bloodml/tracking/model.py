@@ -20,7 +20,7 @@ from ..errors import BloodmlError
 from ..data.hashing import file_sha256
 from ..data.input_spec import InputSpec
 from ..models.classifier import BloodCellClassifier
-from ..models.head import Head
+from ..models.head import head_for
 from ..models.registry import create_backbone
 from .registry import model_uri, source_run
 
@@ -164,8 +164,9 @@ def rebuilt_network(reference: str, run_id: str | None, meta: dict, tmp: Path) -
         raise BloodmlError(f"model '{reference}': its weights differ from those recorded when it was trained "
                            f"(SHA-256 mismatch); refusing to load them. Re-log or re-register the model.")
     classes = list(meta["class_names"])
-    backbone = create_backbone(meta["backbone"], pretrained=False)
-    model = BloodCellClassifier(InputSpec.from_metadata(meta), backbone, Head(backbone.feature_dim, len(classes)),
-                                classes, tta=str(meta.get("tta", "false")).lower() == "true")
+    features = meta.get("features", "final")  # models logged before features=stages pooled the final features
+    backbone = create_backbone(meta["backbone"], pretrained=False, features=features)
+    model = BloodCellClassifier(InputSpec.from_metadata(meta), backbone, head_for(backbone, len(classes)), classes,
+                                tta=str(meta.get("tta", "false")).lower() == "true")
     model.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
     return model.eval()

@@ -12,6 +12,8 @@ from ..config import PARAMETERS, load_yaml
 from ..errors import BloodmlError
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    # what the head sees
+    "features": {"type": "categorical", "choices": ["final", "stages"]},
     # augmentation and balancing
     "rotation": {"type": "float", "low": 0.0, "high": 180.0},
     "shift": {"type": "float", "low": 0.0, "high": 0.2},
