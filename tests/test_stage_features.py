@@ -79,6 +79,9 @@ def test_a_bad_features_value_is_one_line():
         build_config(None, {"features": "hypercolumns"})
     with pytest.raises(BloodmlError, match="features='x' is unknown"):
         create_backbone(TINY_BACKBONE, pretrained=False, features="x")
+    with pytest.raises(BloodmlError, match="backbone 'test_vit' has no convolutional stage maps"):
+        create_backbone("test_vit", pretrained=False, features="stages")  # a transformer's stages are tokens
+    assert create_backbone("test_vit", pretrained=False).features == "final"
 
 
 def test_the_standardising_head_uses_batch_statistics_in_training_and_their_running_averages_after():

@@ -60,8 +60,12 @@ class Backbone(nn.Module):
         self.features, self.pooled = "stages", self.stages[-POOLED_STAGES:]
         self.gradcam_layer = self.pooled[-1]
         was_training = self.training
-        with torch.no_grad():
-            self.feature_dim = int(self.eval()(torch.zeros(1, 3, 64, 64)).shape[1])
+        try:
+            with torch.no_grad():
+                self.feature_dim = int(self.eval()(torch.zeros(1, 3, 64, 64)).shape[1])
+        except (IndexError, RuntimeError):  # stages that are not (N, C, H, W) maps, e.g. a transformer's tokens
+            raise BloodmlError(f"features=stages: backbone '{name}' has no convolutional stage maps to pool (its "
+                               f"stages are not image-shaped); use features=final with it.") from None
         return self.train(was_training)
 
     def submodule(self, dotted: str) -> nn.Module:
