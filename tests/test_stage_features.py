@@ -104,3 +104,22 @@ def test_the_standardising_head_uses_batch_statistics_in_training_and_their_runn
     assert torch.allclose(one, head(x[:1]), atol=1e-6)
     assert head_for(create_backbone(TINY_BACKBONE, pretrained=False, features="stages"), 3).norm is not None
     assert head_for(create_backbone(TINY_BACKBONE, pretrained=False), 3).norm is None  # final features: as before
+
+
+def test_adapt_bn_re_estimates_the_heads_standardisation_on_the_new_images():
+    from bloodml.models.adaptation import adapt_batchnorm
+    from bloodml.models.classifier import BloodCellClassifier
+    from bloodml.models.head import head_for
+
+    torch.manual_seed(0)
+    backbone = create_backbone(TINY_BACKBONE, pretrained=False, features="stages")
+    model = BloodCellClassifier(InputSpec(image_size=32), backbone, head_for(backbone, 3), ["a", "b", "c"]).eval()
+    shifted = [torch.rand(6, 3, 32, 32) * 0.5 + 0.4 for _ in range(3)]
+    seen = []  # what reaches the head's batch norm during the adaptation passes (the hook travels with the copy)
+    model.head.norm.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    adapted, layers = adapt_batchnorm(model, shifted)
+    assert adapted.head.norm in [m for m in adapted.modules() if isinstance(m, torch.nn.BatchNorm1d)] and layers > 1
+    assert len(seen) == 3 and all(len(s) == 6 for s in seen)
+    assert torch.allclose(adapted.head.norm.running_mean, torch.cat(seen).mean(0), atol=1e-5)  # exact average
+    assert not torch.allclose(adapted.head.norm.running_mean, model.head.norm.running_mean)  # the original kept
+    assert torch.equal(model.head.norm.running_mean, torch.zeros_like(model.head.norm.running_mean))

@@ -20,11 +20,11 @@ class Head(nn.Module):
         self.linear = nn.Linear(in_features, num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if self.norm is not None:
-            norm = self.norm
-            batch_statistics = self.training and features.shape[0] > 1
-            features = F.batch_norm(features, norm.running_mean, norm.running_var, training=batch_statistics,
-                                    momentum=norm.momentum, eps=norm.eps)
+        if self.norm is not None and self.training and features.shape[0] == 1:
+            features = F.batch_norm(features, self.norm.running_mean, self.norm.running_var, training=False,
+                                    eps=self.norm.eps)
+        elif self.norm is not None:
+            features = self.norm(features)
         return self.linear(self.dropout(features))
 
 
