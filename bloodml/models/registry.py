@@ -35,8 +35,12 @@ class Backbone(nn.Module):
         self.gradcam_layer = gradcam_layer  # dotted path inside body
         self.last_block = last_block  # dotted paths of the modules unfrozen by finetune=last
         self.stages = list(stages or [])  # dotted paths of the feature maps at each reduction (a segmenter's skips)
-        self.features = "final"
         self.pooled: list[str] = []  # features=stages: the stages whose maps are pooled
+
+    @property
+    def features(self) -> str:
+        """``final`` or ``stages`` (see :data:`FEATURES`)."""
+        return "stages" if self.pooled else "final"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.pooled:
@@ -57,7 +61,7 @@ class Backbone(nn.Module):
         if len(self.stages) < POOLED_STAGES:
             raise BloodmlError(f"features=stages: backbone '{name}' does not say where its stages are; use "
                                f"features=final with it.")
-        self.features, self.pooled = "stages", self.stages[-POOLED_STAGES:]
+        self.pooled = self.stages[-POOLED_STAGES:]
         self.gradcam_layer = self.pooled[-1]
         was_training = self.training
         try:
