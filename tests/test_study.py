@@ -200,6 +200,18 @@ def test_bad_study_files(tmp_path):
         load_study(bad)
 
 
+SHIPPED_STUDIES = sorted(p.name for p in (REPO / "experiments").glob("*.yaml") if "factors:" in p.read_text())
+
+
+@pytest.mark.parametrize("name", SHIPPED_STUDIES)
+def test_every_shipped_study_file_loads(name, monkeypatch):
+    """A study file in experiments/ with a misspelt parameter or level would fail only when a user runs it: each one
+    is read here as `bloodml study` reads it (its run file, every configuration's parameters, its test datasets)."""
+    monkeypatch.chdir(REPO)
+    spec = load_study(REPO / "experiments" / name, {"data": "unused"})
+    assert len(spec.configurations) >= 2 and spec.questions
+
+
 def test_study_takes_run_parameters_like_every_entry_point(make_wbc, tmp_path, capsys):
     """`mlflow run . -e study -P config=... -P data=... -P epochs=...` calls `bloodml study --config ... --data ...
     --epochs ...`: the run parameters override the study file's settings for every run."""
