@@ -199,6 +199,15 @@ def _format(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def parameter_value(name: str, value: Any, source: str) -> Any:
+    """``value`` as run parameter ``name`` takes it (type, choices, range), checked as every entry point checks it;
+    a one-line error naming ``source`` otherwise. For callers that hold values before a run is configured (a search
+    space's choices and bounds)."""
+    if name not in PARAMETERS:
+        raise _unknown(name, source)
+    return _coerce(name, value, source)
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     spec = PARAMETERS[name]
     kind = spec.type if isinstance(spec.type, type) else {"str": str, "int": int, "float": float, "bool": bool}[spec.type]

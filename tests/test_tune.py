@@ -124,3 +124,27 @@ def dashboard_trials(storage: str, log) -> dict:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
+
+
+def test_a_search_space_is_checked_before_any_trial(make_folders, tmp_path, capsys):
+    """Every choice and both bounds of a search space must be values the run parameter takes: a typo in a choice, a
+    bound out of the parameter's range or of the wrong type is one line when tune starts, not a failure in a trial
+    after the data have been read. The shipped space (experiments/tune_space.yaml) and the default space pass."""
+    from conftest import REPO
+
+    from bloodml.tuning.space import DEFAULT_SPACE, load_space, validate_space
+    assert load_space(REPO / "experiments/tune_space.yaml") and validate_space(DEFAULT_SPACE, "default space")
+    root = make_folders(per_class=6)
+    bad = {"balance: {type: categorical, choices: [none, oversampel]}": "balance='oversampel' is not allowed",
+           "dropout: {type: float, low: 0.0, high: 1.5}": "dropout=1.5 is out of range",
+           "rotation: {type: float, low: none, high: 90}": "rotation='none' is not a valid float",
+           "features: {type: categorical, choices: [final, stage]}": "features='stage' is not allowed"}
+    for line, message in bad.items():
+        (tmp_path / "space.yaml").write_text(f"space:\n  {line}\n")
+        code, out, err = run_cli(capsys, "tune", "--data", root, "--backbone", "test_efficientnet", "--pretrained",
+                                 "false", "--image_size", "32", "--epochs", "1", "--gradcam_samples", "0",
+                                 "--n_trials", "1", "--space", tmp_path / "space.yaml",
+                                 "--storage", f"sqlite:///{tmp_path / 'o.db'}")
+        assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"search space {tmp_path / 'space.yaml'}" in err
+        assert "trial" not in out.lower(), out

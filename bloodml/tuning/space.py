@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from ..config import PARAMETERS, load_yaml
+from ..config import PARAMETERS, load_yaml, parameter_value
 from ..errors import BloodmlError
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -48,10 +48,17 @@ def validate_space(space: dict, source: str) -> dict:
         if spec["type"] == "categorical":
             if not spec.get("choices"):
                 raise BloodmlError(f"{source}: {name} is categorical and needs a non-empty choices list.")
+            values = list(spec["choices"])
         else:
-            if "low" not in spec or "high" not in spec or not float(spec["low"]) < float(spec["high"]):
+            if "low" not in spec or "high" not in spec:
                 raise BloodmlError(f"{source}: {name} needs low < high.")
-            if spec.get("log") and float(spec["low"]) <= 0:
+            values = [spec["low"], spec["high"]]
+        # every choice and both bounds must be values the run parameter takes: a typo fails here, not in a trial
+        values = [parameter_value(name, value, source) for value in values]
+        if spec["type"] != "categorical":
+            if not float(values[0]) < float(values[1]):
+                raise BloodmlError(f"{source}: {name} needs low < high.")
+            if spec.get("log") and float(values[0]) <= 0:
                 raise BloodmlError(f"{source}: {name} has log: true and needs low > 0.")
     return space
 
