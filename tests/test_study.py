@@ -198,6 +198,16 @@ def test_bad_study_files(tmp_path):
     bad.write_text("factors: {colour: [red]}\n")
     with pytest.raises(BloodmlError, match="not a run parameter"):
         load_study(bad)
+    # a bad value is refused when the file is read, naming the file and where in it the value is
+    for text, where, message in [
+            ("factors: {masks: [none, cel]}", "level 'cel' of factor 'masks'", "masks='cel' is not allowed"),
+            ("factors: {views: {a: {augment: maybe}}}", "level 'a' of factor 'views'", "augment='maybe' is not a valid"),
+            ("settings: {epochs: -3}\nfactors: {masks: [none, cell]}", "settings", "epochs=-3 is out of range"),
+            ("settings: {epoch: 3}\nfactors: {masks: [none, cell]}", "settings", "unknown parameter 'epoch'")]:
+        bad.write_text(text + "\n")
+        with pytest.raises(BloodmlError) as refused:
+            load_study(bad)
+        assert str(refused.value).startswith(f"study {bad}, {where}: {message}"), refused.value
 
 
 SHIPPED_STUDIES = sorted(p.name for p in (REPO / "experiments").glob("*.yaml") if "factors:" in p.read_text())

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import AUGMENT_PRESETS, PARAMETERS, RECIPES, RunConfig, build_config, load_yaml, replace
+from ..config import (AUGMENT_PRESETS, PARAMETERS, RECIPES, RunConfig, build_config, load_yaml, parameter_value,
+                      replace)
 from ..errors import BloodmlError
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc")
@@ -53,16 +54,21 @@ def _levels(factor: str, value: Any, source: str) -> dict[str, dict[str, Any]]:
         if factor not in PARAMETERS:
             raise BloodmlError(f"{source}: factor '{factor}' is not a run parameter; give its levels as a mapping "
                                f"of level name -> parameters.")
-        return {str(level): {factor: level} for level in value}
-    if isinstance(value, dict):
+        levels = {str(level): {factor: level} for level in value}
+    elif isinstance(value, dict):
         for level, params in value.items():
             if not isinstance(params, dict):
                 raise BloodmlError(f"{source}: level '{level}' of factor '{factor}' needs a mapping of parameters.")
             unknown = [p for p in params if p not in PARAMETERS]
             if unknown:
                 raise BloodmlError(f"{source}: level '{level}' sets unknown parameter '{unknown[0]}'.")
-        return {str(k): dict(v) for k, v in value.items()}
-    raise BloodmlError(f"{source}: factor '{factor}' needs a list of levels or a mapping of named levels.")
+        levels = {str(k): dict(v) for k, v in value.items()}
+    else:
+        raise BloodmlError(f"{source}: factor '{factor}' needs a list of levels or a mapping of named levels.")
+    for level, params in levels.items():  # each value as the run parameter takes it, the file and level named
+        for name, param in params.items():
+            parameter_value(name, param, f"{source}, level '{level}' of factor '{factor}'")
+    return levels
 
 
 def _name(factors: dict[str, str]) -> str:
@@ -80,6 +86,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if run_file and not Path(run_file).is_file():
         candidate = Path(path).parent / Path(run_file).name
         run_file = str(candidate) if candidate.is_file() else run_file
+    for name, value in (content.get("settings") or {}).items():  # the file's own values, the file named
+        parameter_value(str(name), value, f"{source}, settings")
     settings = {**{k: str(v) for k, v in (content.get("settings") or {}).items()}, **(overrides or {})}
     base = build_config(run_file, settings)
     protocol = dict(content.get("protocol") or {})
