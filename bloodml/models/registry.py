@@ -25,6 +25,23 @@ FEATURES = ("final", "stages")
 POOLED_STAGES = 3  # features=stages: how many of the last stages are pooled
 
 
+def stage_maps(body: nn.Module, x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
+    """The outputs of ``body``'s submodules ``names`` (dotted paths) on ``x``, in that order. They are caught by
+    hooks that live for this call only, so no tensor is kept on a module between calls (where ``torch.export``,
+    ``copy.deepcopy`` and a GPU's memory would all see it)."""
+    maps: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        return lambda _module, _inputs, out: maps.__setitem__(name, out)
+    handles = [body.get_submodule(name).register_forward_hook(keep(name)) for name in names]
+    try:
+        body(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [maps[name] for name in names]
+
+
 class Backbone(nn.Module):
     def __init__(self, body: nn.Module, feature_dim: int, mean, std, gradcam_layer: str, last_block: list[str],
                  stages: list[str] | None = None):
@@ -45,16 +62,7 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.pooled:
             return self.body(x)
-        maps: dict[str, torch.Tensor] = {}
-        def keep(name: str):
-            return lambda _module, _inputs, out: maps.__setitem__(name, out)
-        handles = [self.submodule(name).register_forward_hook(keep(name)) for name in self.pooled]
-        try:
-            self.body(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return torch.cat([maps[name].mean((2, 3)) for name in self.pooled], 1)
+        return torch.cat([m.mean((2, 3)) for m in stage_maps(self.body, x, self.pooled)], 1)
 
     def use_stage_features(self, name: str) -> "Backbone":
         """Pool the last stages' maps instead of the final features; Grad-CAM then looks at the last pooled stage."""

@@ -12,32 +12,22 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..models.registry import Backbone
+from ..models.registry import Backbone, stage_maps
 from .cleanup import one_cell
 
 N_REGIONS = 3  # background, cytoplasm, nucleus
 
 
 class StageEncoder(nn.Module):
-    """The backbone's feature maps at its stages (shallow to deep), read by forward hooks."""
+    """The backbone's feature maps at its stages (shallow to deep)."""
 
     def __init__(self, backbone: Backbone):
         super().__init__()
         self.body = backbone.body
         self.stages = list(backbone.stages)
-        self._maps: dict[str, torch.Tensor] = {}
-        for name in self.stages:
-            self.body.get_submodule(name).register_forward_hook(self._keep(name))
-
-    def _keep(self, name: str):
-        def hook(module, inputs, output):
-            self._maps[name] = output
-        return hook
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self._maps.clear()
-        self.body(x)
-        return [self._maps[name] for name in self.stages]
+        return stage_maps(self.body, x, self.stages)
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
