@@ -123,9 +123,9 @@ def test_penalties_are_exact_and_shrink_weights():
     weights = penalised(head.parameters())
     assert [tuple(w.shape) for w in weights] == [(3, 16)]  # biases are not penalised
     w = head.linear.weight.detach()
-    assert float(penalty(weights, 0.01, 0.0)) == pytest.approx(0.01 * float(w.abs().sum()))
-    assert float(penalty(weights, 0.0, 0.1)) == pytest.approx(0.1 * float((w ** 2).sum()))
-    assert float(penalty(weights, 0.01, 0.1)) == pytest.approx(0.01 * float(w.abs().sum()) + 0.1 * float((w ** 2).sum()))
+    assert float(penalty(weights, 0.01, 0.0).detach()) == pytest.approx(0.01 * float(w.abs().sum()))
+    assert float(penalty(weights, 0.0, 0.1).detach()) == pytest.approx(0.1 * float((w ** 2).sum()))
+    assert float(penalty(weights, 0.01, 0.1).detach()) == pytest.approx(0.01 * float(w.abs().sum()) + 0.1 * float((w ** 2).sum()))
 
     features = torch.randn(1, 60, 16)
     labels = (features[0, :, 0] > 0).long()
@@ -136,7 +136,8 @@ def test_penalties_are_exact_and_shrink_weights():
         settings = TrainSettings(epochs=30, batch_size=16, lr=0.05, l1=l1, l2=l2, seed=0)
         trainer = HeadTrainer(model, features, labels, features[0], labels, 2, settings)
         fit(trainer, settings)
-        norms[name] = (float(model.linear.weight.abs().sum()), float((model.linear.weight ** 2).sum()))
+        weight = model.linear.weight.detach()
+        norms[name] = (float(weight.abs().sum()), float((weight ** 2).sum()))
     assert norms["l1"][0] < norms["none"][0] and norms["l2"][1] < norms["none"][1]
 
 
