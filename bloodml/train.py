@@ -30,7 +30,7 @@ from .data.transforms import Preprocess, build_augmentation, fit_input_spec
 from .evaluation.groups import group_line
 from .evaluation.report import EvaluationSettings, evaluate
 from .evaluation.shift import ShiftProfile, descriptors
-from .models.classifier import BloodCellClassifier
+from .models.classifier import BloodCellClassifier, mean_probability_scores, tta_views
 from .models.head import head_for
 from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
@@ -266,19 +266,26 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
 
 def cached_scores(model: BloodCellClassifier, trainer, sets: dict[str, ImageSet], compute: Compute):
     """A frozen backbone's scores from its cached features: for the validation split the very features the head
-    was checked on, for the test split features computed once through the cache (a warm run reads them). None when
-    the model has to run on the images: fine-tuned, the naive loop, or test-time augmentation."""
+    was checked on, for the test split features computed once through the cache (a warm run reads them). With
+    test-time augmentation each view (flips, transpose) is another image to the content-keyed cache, computed once
+    and averaged as the model averages it. None when the model has to run on the images: fine-tuned or the naive
+    loop."""
     features = getattr(trainer, "features", None)
-    if features is None or model.tta:
+    if features is None:
         return None
 
     @torch.no_grad()
     def scores(split: str) -> torch.Tensor:
-        cached = (trainer.validation_features() if split == "val" else
-                  compute.put(features.of(sets[split].images, sets[split].regions, desc=f"features {split}")))
         head = model.head.eval().to(compute.device)
-        with compute.autocast():
-            return head(cached).float().cpu()
+        views = (list(zip(tta_views(sets[split].images), tta_views(sets[split].regions))) if model.tta else
+                 [(sets[split].images, sets[split].regions)])
+        logits = []
+        for index, (images, regions) in enumerate(views):
+            cached = (trainer.validation_features() if split == "val" and index == 0 else
+                      compute.put(features.of(images.contiguous(), regions.contiguous(), desc=f"features {split}")))
+            with compute.autocast():
+                logits.append(head(cached).float().cpu())
+        return mean_probability_scores(logits) if model.tta else logits[0]
     return scores
 
 

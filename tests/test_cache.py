@@ -13,6 +13,7 @@ from bloodml.data.dataset import preload
 from bloodml.data.input_spec import InputSpec
 from bloodml.data.transforms import Preprocess, build_augmentation, fit_input_spec
 from bloodml.evaluation.report import logits_of
+from bloodml.models.classifier import tta_views
 from bloodml.models.head import Head
 from bloodml.models.registry import create_backbone
 from bloodml.train import build_trainer, run_training
@@ -99,12 +100,13 @@ def test_cached_and_naive_training_give_the_same_head(make_wbc, tmp_path):
     assert torch.equal(heads["disk"][0], heads["disk"][1])
 
 
-def test_evaluation_scores_the_cached_features_and_caches_the_test_ones(make_wbc, tmp_path):
+@pytest.mark.parametrize("tta", [False, True])
+def test_evaluation_scores_the_cached_features_and_caches_the_test_ones(make_wbc, tmp_path, tta):
     """A frozen run evaluates from the features it cached (the validation ones it trained against, the test ones
-    once): the logged predictions are those of the whole model run on the images, the test features are on disk
-    for the next run, and that run (reading them) scores the same."""
+    once; with TTA each flip and the transpose too): the logged predictions are those of the whole model run on the
+    images, the test features are on disk for the next run, and that run (reading them) scores the same."""
     cache = tmp_path / "cache"
-    config = build_config(None, tiny_overrides(make_wbc(per_class=5), cache_dir=cache, gradcam_samples=0))
+    config = build_config(None, tiny_overrides(make_wbc(per_class=5), cache_dir=cache, gradcam_samples=0, tta=tta))
     clear_memory()
     result = run_training(config, log_trained=False)
     model = result.model
@@ -118,8 +120,12 @@ def test_evaluation_scores_the_cached_features_and_caches_the_test_ones(make_wbc
     def nothing_to_compute(missing):
         raise AssertionError(f"{len(missing)} test images were not cached")
     key = model_key(TINY_BACKBONE, model.backbone, Preprocess(model.spec), model.spec.mask_mode)
-    FeatureStore(cache, use_memory=False).features(key, "plain", image_keys(test.images, test.regions),
-                                                   nothing_to_compute)
+    assert model.tta == tta
+    views = zip(tta_views(test.images), tta_views(test.regions)) if tta else [(test.images, test.regions)]
+    for images, regions in views:
+        FeatureStore(cache, use_memory=False).features(key, "plain", image_keys(images.contiguous(),
+                                                                                regions.contiguous()),
+                                                       nothing_to_compute)
     clear_memory()
     again = run_training(config, log_trained=False)
     assert again.metrics["test_accuracy"] == result.metrics["test_accuracy"]

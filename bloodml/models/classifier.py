@@ -16,6 +16,17 @@ from .head import Head
 from .registry import Backbone
 
 
+def tta_views(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The test-time augmentation views of a batch: itself, its two flips and its transpose. They act on the last
+    two dimensions, so images (N,3,S,S) and their region maps (N,S,S) take the same views."""
+    return (x, x.flip(-1), x.flip(-2), x.transpose(-1, -2))
+
+
+def mean_probability_scores(view_logits: list[torch.Tensor]) -> torch.Tensor:
+    """The log of the views' mean probabilities: what a TTA model's probabilities are the softmax of."""
+    return torch.stack([torch.log_softmax(logits, dim=1) for logits in view_logits]).exp().mean(0).log()
+
+
 class BloodCellClassifier(nn.Module):
     """With ``tta``, the image, its two flips and its transpose are classified and their probabilities averaged
     (cells have no up, down, left or right); :meth:`scores` are then the log of the averaged probabilities."""
@@ -38,8 +49,7 @@ class BloodCellClassifier(nn.Module):
         """What the probabilities are the softmax of: the logits, or with TTA the log of the views' mean."""
         if not self.tta:
             return self.logits(x)
-        views = (x, x.flip(-1), x.flip(-2), x.transpose(-1, -2))
-        return torch.stack([torch.log_softmax(self.logits(v), dim=1) for v in views]).exp().mean(0).log()
+        return mean_probability_scores([self.logits(view) for view in tta_views(x)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.scores(x) / self.temperature, dim=1)
