@@ -17,9 +17,10 @@ import pandas as pd
 from bloodml.config import build_config
 from bloodml.train import run_training
 from bloodml.tuning.champion import promote
+from bloodml.tuning.space import DEFAULT_SPACE, load_space, validate_space
 from bloodml.tuning.study import TuneSettings, tune
 from clihelp import run_cli
-from conftest import tiny_overrides
+from conftest import REPO, tiny_overrides
 
 SPACE = """space:
   dropout: {type: float, low: 0.0, high: 0.5}
@@ -130,9 +131,6 @@ def test_a_search_space_is_checked_before_any_trial(make_folders, tmp_path, caps
     """Every choice and both bounds of a search space must be values the run parameter takes: a typo in a choice, a
     bound out of the parameter's range or of the wrong type is one line when tune starts, not a failure in a trial
     after the data have been read. The shipped space (experiments/tune_space.yaml) and the default space pass."""
-    from conftest import REPO
-
-    from bloodml.tuning.space import DEFAULT_SPACE, load_space, validate_space
     assert load_space(REPO / "experiments/tune_space.yaml") and validate_space(DEFAULT_SPACE, "default space")
     root = make_folders(per_class=6)
     bad = {"balance: {type: categorical, choices: [none, oversampel]}": "balance='oversampel' is not allowed",

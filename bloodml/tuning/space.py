@@ -45,21 +45,20 @@ def validate_space(space: dict, source: str) -> dict:
         if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
             raise BloodmlError(f"{source}: {name} needs type float, int or categorical, e.g. "
                                f"{{type: float, low: 0, high: 1}}.")
+        # every choice and both bounds must be values the run parameter takes: a typo fails here, not in a trial
         if spec["type"] == "categorical":
             if not spec.get("choices"):
                 raise BloodmlError(f"{source}: {name} is categorical and needs a non-empty choices list.")
-            values = list(spec["choices"])
-        else:
-            if "low" not in spec or "high" not in spec:
-                raise BloodmlError(f"{source}: {name} needs low < high.")
-            values = [spec["low"], spec["high"]]
-        # every choice and both bounds must be values the run parameter takes: a typo fails here, not in a trial
-        values = [parameter_value(name, value, source) for value in values]
-        if spec["type"] != "categorical":
-            if not float(values[0]) < float(values[1]):
-                raise BloodmlError(f"{source}: {name} needs low < high.")
-            if spec.get("log") and float(values[0]) <= 0:
-                raise BloodmlError(f"{source}: {name} has log: true and needs low > 0.")
+            for choice in spec["choices"]:
+                parameter_value(name, choice, source)
+            continue
+        if "low" not in spec or "high" not in spec:
+            raise BloodmlError(f"{source}: {name} needs low < high.")
+        low, high = (float(parameter_value(name, spec[bound], source)) for bound in ("low", "high"))
+        if not low < high:
+            raise BloodmlError(f"{source}: {name} needs low < high.")
+        if spec.get("log") and low <= 0:
+            raise BloodmlError(f"{source}: {name} has log: true and needs low > 0.")
     return space
 
 
