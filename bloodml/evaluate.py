@@ -12,16 +12,16 @@ from .data.labels import parse_class_names
 from .data.prepare import read_labelled, require_masks
 from .errors import BloodmlError
 from .evaluation.calibration import expected_calibration_error
-from .evaluation.groups import group_line, group_metrics, group_table
-from .evaluation.metrics import classification_metrics, majority_rate
+from .evaluation.calls import CallRule
+from .evaluation.groups import group_line
+from .evaluation.metrics import majority_rate
+from .evaluation.scoring import confusion_frame, predictions_frame, recall_per_class, score
 from .predict import adapted_model, loaded_model, model_probabilities, shift_check
-from .scoring import confusion_counts
 from .segmentation.source import with_masks_from
 from .runtime import say
 from .tracking.registry import model_uri, source_run
 from .tracking.runs import get_run, log_metrics, log_params, log_table, training_run
 from .tracking.store import configure_tracking
-from .train import positive_index
 
 
 def relabelled(table: pd.DataFrame, label_map: str, classes: list[str], data: str) -> pd.DataFrame:
@@ -55,37 +55,26 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
                                         blur=config.test_blur)
     truth = np.array([classes.index(label) for label in table["label"]])
     groups = table["group"].to_numpy() if config.group_column else None
-    positive = positive_index(config, classes)
-    metrics = classification_metrics(truth, probabilities, "eval_", classes, positive, config.threshold,
-                                     config.bootstrap, config.seed, groups)
-    calls = None
-    if groups is not None:  # one call per patient too, scored per patient
-        calls = group_table(groups, truth, probabilities, classes, config.group_aggregate, config.group_top_k,
-                            config.threshold, positive)
-        metrics.update(group_metrics(calls, classes, "eval_", positive, config.threshold, config.bootstrap,
-                                     config.seed))
+    scored = score(truth, probabilities, classes, "eval_", CallRule.of_run(config, classes), config.bootstrap,
+                   config.seed, resample=groups, group_ids=groups)  # with groups, one call per patient too
+    metrics, calls = scored.metrics, scored.groups
     metrics["eval_majority_rate"] = majority_rate(truth)
     metrics["eval_ece"] = expected_calibration_error(truth, probabilities)
     metrics["eval_images"] = float(len(table))
     metrics.update({f"eval_{k}": v for k, v in shift_check(profile, points).items()})
-    counts = confusion_counts(truth, probabilities.argmax(1), len(classes))
-    recall = {name: counts[i, i] / counts[i].sum() for i, name in enumerate(classes) if counts[i].sum()}
-    metrics.update({f"eval_recall_{name}": float(v) for name, v in recall.items()})
+    recall = recall_per_class(scored.confusion, classes)
+    metrics.update({f"eval_recall_{name}": v for name, v in recall.items()})
     in_domain = source_metrics(reference)
     with training_run(config.experiment, config.run_name or f"evaluate-{Path(str(config.data)).name}",
                       tags={"bloodml.task": "evaluate", "model": reference, "masks_used": str(spec.masked).lower()}):
         log_params({"model": reference, "data": config.data, "label_map": label_map or "(none)", "format": fmt,
                     "adapt_bn": config.adapt_bn, "test_blur": config.test_blur})
         log_metrics(metrics)
-        predictions = pd.DataFrame({"file": table["path"], "true_label": table["label"],
-                                    "predicted_label": [classes[i] for i in probabilities.argmax(1)]})
-        for i, name in enumerate(classes):
-            predictions[f"p_{name}"] = probabilities[:, i]
-        log_table(predictions, "evaluation/predictions.csv")
+        log_table(predictions_frame(paths, truth, probabilities, classes, scored.predicted),
+                  "evaluation/predictions.csv")
         if calls is not None:
             log_table(calls, "evaluation/groups.csv")
-        log_table(pd.DataFrame(counts, index=[f"true_{c}" for c in classes],
-                               columns=[f"predicted_{c}" for c in classes]).reset_index(names="class"),
+        log_table(confusion_frame(scored.confusion, classes).reset_index(names="class"),
                   "evaluation/confusion_matrix.csv")
     say(f"{reference} on {config.data}: accuracy {metrics['eval_accuracy']:.3f} "
         f"({metrics['eval_accuracy_ci_low']:.3f}-{metrics['eval_accuracy_ci_high']:.3f}), macro-F1 "
@@ -98,7 +87,7 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
         say(group_line(metrics, "eval_", config.group_column, config.group_aggregate))
     say("recall per class: " + ", ".join(f"{name} {v:.2f}" for name, v in recall.items()))
     say("confusion matrix (rows true, columns predicted: " + ", ".join(classes) + "): "
-        + " | ".join(" ".join(str(int(c)) for c in row) for row in counts))
+        + " | ".join(" ".join(str(int(c)) for c in row) for row in scored.confusion))
     return metrics
 
 

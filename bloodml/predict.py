@@ -21,6 +21,7 @@ from .data.input_spec import InputSpec
 from .data.masks import find_mask
 from .data.readers import class_folders, find_column, mirrored_masks_folder, native_path, read_csv
 from .errors import BloodmlError
+from .evaluation.calls import CallRule
 from .evaluation.groups import AGGREGATES, group_table
 from .evaluation.shift import ShiftProfile, descriptors, warning
 from .models.adaptation import adapt_batchnorm
@@ -229,15 +230,13 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
         say(f"note: {len(cell_free)} of {len(paths)} masks mark no cell, so the model (masks={spec.mask_mode}) saw "
             f"nothing of those cells and their predictions mean little: {first_few(cell_free)}; fix the masks")
     shift_check(profile, points)
-    table = probability_table(probabilities, classes, label="predicted_label")
+    rule = calling_rule(meta, group_aggregate)
+    table = probability_table(probabilities, classes, label="predicted_label", rule=rule)
     table.insert(0, "file", [str(path) for path in files])
     if groups is None:
         return table, None
     table.insert(1, "group", groups)
-    rule = group_calling(meta, group_aggregate)
-    calls = group_table(groups, None, probabilities, classes, rule["group_aggregate"], rule["group_top_k"],
-                        rule["threshold"], classes.index(rule["positive_class"]) if rule["positive_class"] else None)
-    return table, calls.assign(group_aggregate=rule["group_aggregate"])
+    return table, group_table(groups, None, probabilities, classes, rule).assign(group_aggregate=rule.aggregate)
 
 
 def beside_the_classes(inputs: list[str | Path]) -> Path | None:
@@ -267,13 +266,9 @@ def readable_inputs(files: list[Path], groups: list | None) -> tuple[list[Path],
     return [files[i] for i in keep], [groups[i] for i in keep] if groups is not None else None
 
 
-def group_calling(meta: dict, group_aggregate: str = "") -> dict:
-    """How the model's training run called a group (rule, top-k, threshold, positive class; from its metadata);
-    ``group_aggregate`` overrides the rule."""
-    rule = {"group_aggregate": meta.get("group_aggregate", "mean"), "group_top_k": int(meta.get("group_top_k", 5)),
-            "threshold": float(meta.get("threshold", 0.5)), "positive_class": meta.get("positive_class", "")}
-    if group_aggregate:
-        if group_aggregate not in AGGREGATES:
-            raise BloodmlError(f"--group-aggregate {group_aggregate}: unknown; use one of {', '.join(AGGREGATES)}.")
-        rule["group_aggregate"] = group_aggregate
-    return rule
+def calling_rule(meta: dict, group_aggregate: str = "") -> CallRule:
+    """How the model's training run called a cell and a group (threshold, positive class, pooling; from its
+    metadata); ``group_aggregate`` overrides the pooling."""
+    if group_aggregate and group_aggregate not in AGGREGATES:
+        raise BloodmlError(f"--group-aggregate {group_aggregate}: unknown; use one of {', '.join(AGGREGATES)}.")
+    return CallRule.of_model(meta, group_aggregate)

@@ -27,6 +27,7 @@ from .data.input_spec import InputSpec
 from .data.prepare import PreparedData, prepare
 from .data.splits import dataset_name, manifest
 from .data.transforms import Preprocess, build_augmentation, fit_input_spec
+from .evaluation.calls import CallRule
 from .evaluation.groups import group_line
 from .evaluation.report import EvaluationSettings, evaluate
 from .evaluation.shift import ShiftProfile, descriptors
@@ -89,21 +90,11 @@ def settings_from(config: RunConfig) -> TrainSettings:
                          warmup=config.warmup, ema=config.ema)
 
 
-def positive_index(config: RunConfig, classes: list[str]) -> int | None:
-    """Binary tasks: the class named by positive_classes, else the second class in sorted order."""
-    if len(classes) != 2:
-        return None
-    name = "+".join(p.strip() for p in config.positive_classes.split(",") if p.strip())
-    return classes.index(name) if name in classes else 1
-
-
 def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = True,
                         compute: Compute = CPU) -> EvaluationSettings:
-    return EvaluationSettings(positive=positive_index(config, classes), threshold=config.threshold,
-                              temperature_scaling=config.temperature_scaling,
+    return EvaluationSettings(rule=CallRule.of_run(config, classes), temperature_scaling=config.temperature_scaling,
                               gradcam_samples=config.gradcam_samples if plots else 0, n_boot=config.bootstrap,
-                              seed=config.seed, plots=plots, compute=compute, group_aggregate=config.group_aggregate,
-                              group_top_k=config.group_top_k)
+                              seed=config.seed, plots=plots, compute=compute)
 
 
 # --- the steps ---------------------------------------------------------------------------------------------------
@@ -316,12 +307,10 @@ def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: Image
     """The tensor-in model, exported on the CPU (PT2) whatever device trained it, so it loads anywhere; and the
     image-in model that serves it, with a test image (and its mask) as the input example."""
     example = model.spec.network_input(test.images[:2], test.regions[:2])
-    positive = positive_index(config, model.class_names)
     info = log_model(model.cpu().float(), example, {
         "backbone": config.backbone, "features": config.features, "bloodml_version": __version__,
-        "tta": str(model.tta).lower(),
-        "shift_profile": profile.to_dict(), "threshold": config.threshold, "group_aggregate": config.group_aggregate,
-        "group_top_k": config.group_top_k, "positive_class": model.class_names[positive] if positive is not None else ""})
+        "tta": str(model.tta).lower(), "shift_profile": profile.to_dict(),
+        **CallRule.of_run(config, model.class_names).metadata(model.class_names)})
     image, mask = example_files(test_files, model.spec)
     log_image_model(info.model_uri, model.class_names, model.spec, image, mask)
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from bloodml.config import build_config
+from bloodml.evaluation.calls import CallRule
 from bloodml.evaluation.groups import aggregate, group_metrics, group_table
 from bloodml.evaluation.metrics import classification_metrics
 from bloodml.train import run_training
@@ -37,7 +38,7 @@ def test_aggregation_rules_against_hand_computed_groups():
 def test_group_table_calls_each_group_once():
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.45, 0.55]])
     table = group_table(["P1", "P1", "P2", "P2", "P2"], np.array([0, 0, 1, 1, 0]), probabilities,
-                        ["reactive", "tumoral"], "mean", threshold=0.5)
+                        ["reactive", "tumoral"], CallRule(aggregate="mean", threshold=0.5))
     assert list(table["group"]) == ["P1", "P2"] and list(table["n_cells"]) == [2, 3]
     assert list(table["true_label"]) == ["reactive", "tumoral"] and list(table["mixed_labels"]) == [0, 1]
     assert table["p_tumoral"].tolist() == pytest.approx([0.15, (0.7 + 0.6 + 0.55) / 3])
@@ -63,7 +64,7 @@ def test_group_intervals_resample_groups_not_cells():
     labels, probabilities = np.array(labels), np.array(probabilities)
     cells = classification_metrics(labels, probabilities, "", ["a", "b"], 1, n_boot=500)
     table = group_table(groups, labels, probabilities, ["a", "b"])
-    patients = group_metrics(table, ["a", "b"], "test_", 1, n_boot=500)
+    patients = group_metrics(table, ["a", "b"], "test_", CallRule(positive=1), n_boot=500)
     assert cells["accuracy"] == pytest.approx(0.75) and patients["test_group_accuracy"] == pytest.approx(0.75)
     assert patients["test_groups"] == 12
     cell_width = cells["accuracy_ci_high"] - cells["accuracy_ci_low"]

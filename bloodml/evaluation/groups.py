@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .calls import CallRule, called
 from .metrics import classification_metrics
 
 AGGREGATES = ("mean", "logodds", "topk", "share")
@@ -57,19 +58,19 @@ def aggregate(probabilities: np.ndarray, rule: str = "mean", top_k: int = 5, thr
 
 
 def group_table(groups, labels: np.ndarray | None, probabilities: np.ndarray, classes: list[str],
-                rule: str = "mean", top_k: int = 5, threshold: float = 0.5, positive: int | None = None) -> pd.DataFrame:
+                rule: CallRule = CallRule()) -> pd.DataFrame:
     """One row per group: ``group``, ``n_cells``, ``true_label`` (its cells' most common label; with
-    ``mixed_labels`` counting the cells that carry another), ``p_<class>`` (the group probability) and
-    ``predicted_label`` (the group call). ``labels`` None: no truth columns (new patients)."""
+    ``mixed_labels`` counting the cells that carry another), ``p_<class>`` (the group probability, its cells pooled
+    by ``rule.aggregate``) and ``predicted_label`` (the group called by ``rule``). ``labels`` None: no truth
+    columns (new patients)."""
     groups = np.asarray(groups, dtype=object)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    binary = len(classes) == 2
-    positive = 1 if positive is None and binary else positive
+    positive = 1 if rule.positive is None and len(classes) == 2 else rule.positive
     rows = []
     for group in pd.unique(groups):
         members = np.flatnonzero(groups == group)
-        p = aggregate(probabilities[members], rule, top_k, threshold, positive)
-        call = (positive if p[positive] >= threshold else 1 - positive) if binary else int(p.argmax())
+        p = aggregate(probabilities[members], rule.aggregate, rule.top_k, rule.threshold, positive)
+        call = int(called(p[None, :], positive, rule.threshold)[0])
         row = {"group": group, "n_cells": len(members)}
         if labels is not None:
             counts = np.bincount(np.asarray(labels)[members], minlength=len(classes))
@@ -80,16 +81,16 @@ def group_table(groups, labels: np.ndarray | None, probabilities: np.ndarray, cl
     return pd.DataFrame(rows)
 
 
-def group_metrics(table: pd.DataFrame, classes: list[str], prefix: str, positive: int | None = None,
-                  threshold: float = 0.5, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+def group_metrics(table: pd.DataFrame, classes: list[str], prefix: str, rule: CallRule = CallRule(),
+                  n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """Metrics over groups (each group one case; intervals: Wilson, or a bootstrap that resamples groups) from a
     :func:`group_table` with truth, as ``<prefix>group_<metric>``, and ``<prefix>groups`` (how many)."""
     if not len(table):
         return {f"{prefix}groups": 0.0}
     truth = np.array([classes.index(label) for label in table["true_label"]])
     probabilities = table[[f"p_{name}" for name in classes]].to_numpy()
-    metrics = classification_metrics(truth, probabilities, f"{prefix}group_", classes, positive, threshold, n_boot,
-                                      seed)
+    metrics = classification_metrics(truth, probabilities, f"{prefix}group_", classes, rule.positive, rule.threshold,
+                                     n_boot, seed)
     metrics.pop(f"{prefix}group_ci_groups", None)
     metrics[f"{prefix}groups"] = float(len(table))
     return metrics

@@ -17,6 +17,7 @@ from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from ..scoring import balanced_accuracy_from, confusion_counts, macro_f1_from, mcc_from
+from .calls import called
 
 Z95 = 1.959963984540054
 
@@ -71,12 +72,6 @@ def majority_rate(y_true: np.ndarray) -> float:
     return float(counts.max() / counts.sum()) if counts.sum() else float("nan")
 
 
-def _predict(probabilities: np.ndarray, positive: int | None, threshold: float) -> np.ndarray:
-    if positive is not None and probabilities.shape[1] == 2:
-        return np.where(probabilities[:, positive] >= threshold, positive, 1 - positive)
-    return probabilities.argmax(axis=1)
-
-
 def roc_auc_fast(is_positive: np.ndarray, score: np.ndarray) -> float:
     """Mann-Whitney form of the ROC AUC (ties count one half)."""
     n_pos = int(is_positive.sum())
@@ -104,14 +99,14 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, prefix
     binary = k == 2
     if binary and positive is None:
         positive = 1
-    y_pred = _predict(probabilities, positive if binary else None, threshold)
+    y_pred = called(probabilities, positive, threshold)
     n = len(y_true)
     out: dict[str, float] = {}
     if n == 0:
         return out
 
     def predicted(scores):
-        return _predict(scores, positive if binary else None, threshold)
+        return called(scores, positive, threshold)
 
     from_confusion = {"balanced_accuracy": balanced_accuracy_from, "macro_f1": macro_f1_from, "mcc": mcc_from}
     def proportion_interval(successes: int, total: int, hit: Callable, among: Callable):

@@ -21,23 +21,21 @@ from ..compute import CPU, Compute
 from ..data.dataset import ImageSet
 from . import plots
 from .calibration import expected_calibration_error, fit_temperature, reliability_bins
-from .groups import group_metrics, group_table
-from .metrics import classification_metrics, majority_rate
+from .calls import CallRule
+from .metrics import majority_rate
 from .saliency import gradcam_maps, image_scores, saliency_scores
+from .scoring import confusion_frame, predictions_frame, score
 
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    positive: int | None = None  # index of the positive class for binary tasks
-    threshold: float = 0.5
+    rule: CallRule = CallRule()  # how probabilities become calls (positive class, threshold, group pooling)
     temperature_scaling: bool = False
     gradcam_samples: int = 12
     n_boot: int = 1000
     seed: int = 0
     plots: bool = True  # False: metrics and predictions only (fast, for the many runs of a study)
     compute: Compute = CPU
-    group_aggregate: str = "mean"  # with group IDs: how a group's cells make one call (evaluation/groups.py)
-    group_top_k: int = 5
 
 
 @torch.no_grad()
@@ -54,15 +52,6 @@ def logits_of(model, images: ImageSet, batch: int | None = None, compute: Comput
         with compute.autocast():
             parts.append(model.scores(compute.padded(x, batch))[:n].float().cpu())
     return torch.cat(parts) if parts else torch.zeros(0, len(model.class_names))
-
-
-def _predictions_table(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str],
-                       predicted: np.ndarray) -> pd.DataFrame:
-    table = pd.DataFrame({"file": paths, "true_label": [classes[i] for i in labels],
-                          "predicted_label": [classes[i] for i in predicted]})
-    for i, name in enumerate(classes):
-        table[f"p_{name}"] = probabilities[:, i]
-    return table
 
 
 def _hwc(images: torch.Tensor) -> np.ndarray:
@@ -83,7 +72,8 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
     classes = list(model.class_names)
     metrics: dict[str, float] = {}
     binary = len(classes) == 2
-    positive = settings.positive if binary else None
+    rule = settings.rule
+    positive = (1 if rule.positive is None else rule.positive) if binary else None
 
     scores = scores or (lambda split: logits_of(model, sets[split], compute=settings.compute))
     val_logits = scores("val")
@@ -97,33 +87,27 @@ def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], hist
         logits = val_logits if split == "val" else scores(split)
         probabilities = torch.softmax(logits / float(model.temperature), dim=1).numpy()
         labels = sets[split].labels.numpy()
-        metrics.update(classification_metrics(labels, probabilities, prefix, classes, positive, settings.threshold,
-                                              settings.n_boot, settings.seed, groups.get(split)))
+        scored = score(labels, probabilities, classes, prefix, rule, settings.n_boot, settings.seed,
+                       resample=groups.get(split), group_ids=group_ids.get(split))
+        metrics.update(scored.metrics)
         metrics[f"{split}_majority_rate"] = majority_rate(labels)
         metrics[f"{split}_ece"] = expected_calibration_error(labels, probabilities)
-        predicted = (np.where(probabilities[:, positive] >= settings.threshold, positive, 1 - positive)
-                     if binary else probabilities.argmax(1))
-        predictions[split] = (labels, probabilities, predicted)
-        _predictions_table(paths[split], labels, probabilities, classes, predicted).to_csv(
+        predictions[split] = (labels, probabilities, scored)
+        predictions_frame(paths[split], labels, probabilities, classes, scored.predicted).to_csv(
             out / f"predictions_{split}.csv", index=False)
-        if group_ids.get(split) is not None:
-            table = group_table(group_ids[split], labels, probabilities, classes, settings.group_aggregate,
-                                settings.group_top_k, settings.threshold, positive)
-            table.to_csv(out / f"groups_{split}.csv", index=False)
-            metrics.update(group_metrics(table, classes, prefix, positive, settings.threshold, settings.n_boot,
-                                         settings.seed))
+        if scored.groups is not None:
+            scored.groups.to_csv(out / f"groups_{split}.csv", index=False)
 
-    labels, probabilities, predicted = predictions["test"]
+    labels, probabilities, scored = predictions["test"]
+    predicted = scored.predicted
     if not settings.plots:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         return metrics
     history_rows = [asdict(h) if not isinstance(h, dict) else h for h in history]
     pd.DataFrame(history_rows).to_csv(out / "history.csv", index=False)
     plots.learning_curves(history_rows, best_epoch, out / "learning_curves.png")
-    matrix = skm.confusion_matrix(labels, predicted, labels=range(len(classes)))
-    pd.DataFrame(matrix, index=[f"true_{c}" for c in classes], columns=[f"pred_{c}" for c in classes]).to_csv(
-        out / "confusion_matrix.csv")
-    plots.confusion(matrix, classes, out / "confusion_matrix.png")
+    confusion_frame(scored.confusion, classes).to_csv(out / "confusion_matrix.csv")
+    plots.confusion(scored.confusion, classes, out / "confusion_matrix.png")
     bins = reliability_bins(labels, probabilities)
     pd.DataFrame(bins, columns=["low", "high", "count", "confidence", "accuracy"]).to_csv(out / "reliability.csv",
                                                                                          index=False)

@@ -20,6 +20,7 @@ import torch
 from ..data.dataset import Segmenter, decode_sample
 from ..data.input_spec import InputSpec
 from ..errors import BloodmlError
+from ..evaluation.calls import CallRule, called
 
 IMAGE, MASK = "image", "mask"
 LABEL, CONFIDENCE = "label", "confidence"
@@ -29,11 +30,14 @@ def probability_column(name: str) -> str:
     return f"p_{name}"
 
 
-def probability_table(probabilities: np.ndarray, classes: list[str], label: str = LABEL) -> pd.DataFrame:
-    """(N, C) class probabilities -> the predicted label, its probability and one ``p_<class>`` column per class."""
+def probability_table(probabilities: np.ndarray, classes: list[str], label: str = LABEL,
+                      rule: CallRule = CallRule()) -> pd.DataFrame:
+    """(N, C) class probabilities -> the call (by the model's ``rule``), its probability and one ``p_<class>`` column
+    per class."""
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(classes))
-    table = pd.DataFrame({label: [classes[int(i)] for i in probabilities.argmax(1)],
-                          CONFIDENCE: probabilities.max(1) if len(probabilities) else []})
+    calls = called(probabilities, rule.positive, rule.threshold)
+    table = pd.DataFrame({label: [classes[int(i)] for i in calls],
+                          CONFIDENCE: probabilities[np.arange(len(calls)), calls] if len(probabilities) else []})
     for index, name in enumerate(classes):
         table[probability_column(name)] = probabilities[:, index]
     return table
@@ -74,16 +78,17 @@ def request_files(frame) -> list[tuple[bytes, bytes | None]]:
 
 
 def classify_frame(frame: pd.DataFrame, predict: Callable[[np.ndarray], np.ndarray], classes: list[str],
-                   spec: InputSpec, segmenter: Segmenter | None = None, batch: int = 32) -> pd.DataFrame:
+                   spec: InputSpec, segmenter: Segmenter | None = None, batch: int = 32,
+                   rule: CallRule = CallRule()) -> pd.DataFrame:
     """Classify every row's image: decoded, masked (its mask, else the segmenter's map), cropped and resized as
     ``spec`` says, then ``predict`` (the network: float32 (N,3,S,S) in [0,1] -> (N,C) probabilities) in batches.
     A bad row stops the request with one line naming the row."""
     samples = [decode_sample(image, mask, spec, segmenter, f"row {row}")
                for row, (image, mask) in enumerate(request_files(frame))]
     if not samples:
-        return probability_table(np.zeros((0, len(classes))), classes)
+        return probability_table(np.zeros((0, len(classes))), classes, rule=rule)
     images = torch.stack([s[0] for s in samples])
     regions = torch.stack([s[1] for s in samples])
     parts = [np.asarray(predict(spec.network_input(images[i:i + batch], regions[i:i + batch]).numpy()))
              for i in range(0, len(samples), batch)]
-    return probability_table(np.concatenate(parts), classes)
+    return probability_table(np.concatenate(parts), classes, rule=rule)

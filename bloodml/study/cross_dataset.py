@@ -14,7 +14,8 @@ from ..data.prepare import read_labelled
 from ..errors import BloodmlError
 from ..predict import InMemoryModel, adapted_model, model_probabilities
 from ..evaluation.shift import ShiftProfile
-from ..scoring import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from, mcc_from
+from ..evaluation.calls import CallRule
+from ..evaluation.scoring import point_scores
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ def load_test_sets(paths: list[str], overrides: dict | None = None) -> list[Test
     return sets
 
 
-def score_on(model, classes: list[str], test: TestSet, profile: ShiftProfile | None, adapt_bn: bool = False,
-             blur: float = 0.0) -> tuple[dict[str, float], str]:
+def score_on(model, classes: list[str], test: TestSet, profile: ShiftProfile | None, rule: CallRule,
+             adapt_bn: bool = False, blur: float = 0.0) -> tuple[dict[str, float], str]:
     """Scores of ``model`` on one test dataset (its images without a mask left out when the model needs one and
     has no segmenter), and a note saying what was left out. ``adapt_bn``: batch-norm statistics re-estimated on
     the test images first (AdaBN); ``blur``: the test images blurred (test_blur)."""
@@ -58,9 +59,7 @@ def score_on(model, classes: list[str], test: TestSet, profile: ShiftProfile | N
     probabilities = model_probabilities(scorer, spec, paths, mask_paths, mask_codes=test.config.mask_codes,
                                         shift=points, blur=blur)
     truth = np.array([classes.index(label) for label in table["label"]])
-    cm = confusion_counts(truth, probabilities.argmax(1), len(classes))
-    scores = {"accuracy": accuracy_from(cm), "balanced_accuracy": balanced_accuracy_from(cm),
-              "macro_f1": macro_f1_from(cm), "mcc": mcc_from(cm)}
+    scores = point_scores(truth, probabilities, rule)
     if profile is not None and points:
         scores.update(profile.report(np.concatenate(points)))
     return scores, note

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..evaluation.calls import CallRule
 from ..data.audit import find_leaks
 from ..data.prepare import PreparedData, grouped_data
 from ..data.splits import assign_splits
@@ -142,8 +143,8 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
             per_metric.setdefault("in_domain_macro_f1", []).append(scores["macro_f1"])
             crossed = {}
             for index, test in enumerate(tests):
-                values, note = score_on(result.model, result.classes, test, result.shift_profile, config.adapt_bn,
-                                        config.test_blur)
+                values, note = score_on(result.model, result.classes, test, result.shift_profile,
+                                        CallRule.of_run(config, result.classes), config.adapt_bn, config.test_blur)
                 if note and fold is folds[0]:
                     say(f"note: {note}")
                 crossed.update({f"cross_{test.name}_{k}": v for k, v in values.items()})

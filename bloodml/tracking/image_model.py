@@ -26,6 +26,7 @@ from mlflow.types import ColSpec, Schema
 from .. import __version__
 from ..data.input_spec import InputSpec
 from ..errors import BloodmlError
+from ..evaluation.calls import CallRule
 from ..segmentation.network import LoadedSegmenter
 from ..serving.frames import CONFIDENCE, IMAGE, LABEL, MASK, classify_frame, probability_column
 from .model import directory_sha256, network_requirements
@@ -43,6 +44,7 @@ class ImageModel(mlflow.pyfunc.PythonModel):
         network = mlflow.pyfunc.load_model(context.artifacts["network"], model_config={"device": "cpu"})
         meta = network.metadata.metadata or {}
         self.network, self.classes, self.spec = network, list(meta["class_names"]), InputSpec.from_metadata(meta)
+        self.rule = CallRule.of_model(meta)
         self.segmenter = None
         if "segmenter" in context.artifacts:
             drawn = mlflow.pyfunc.load_model(context.artifacts["segmenter"], model_config={"device": "cpu"})
@@ -52,7 +54,8 @@ class ImageModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         try:
-            return classify_frame(model_input, self.network.predict, self.classes, self.spec, self.segmenter)
+            return classify_frame(model_input, self.network.predict, self.classes, self.spec, self.segmenter,
+                                  rule=self.rule)
         except BloodmlError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
 

@@ -8,13 +8,14 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from ..scoring import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from
-from ..predict import loaded_model, model_probabilities
+from ..evaluation.calls import CallRule
+from ..evaluation.scoring import point_scores
+from ..predict import model_facts, model_probabilities
+from ..tracking.model import load_model
 from ..tracking.registry import alias_version, register_version, set_alias, set_version_tag
 from ..tracking.runs import download_artifact
 
-SCORES = {"val_macro_f1": macro_f1_from, "val_balanced_accuracy": balanced_accuracy_from,
-          "val_accuracy": accuracy_from}
+SCORES = {"val_macro_f1": "macro_f1", "val_balanced_accuracy": "balanced_accuracy", "val_accuracy": "accuracy"}
 
 
 def _val_hashes(run_id: str) -> set[str]:
@@ -25,14 +26,15 @@ def _val_hashes(run_id: str) -> set[str]:
 
 def score_model(model_uri: str, rows: pd.DataFrame, objective: str) -> float | None:
     """The objective of a logged model on given images (rows: path, label, mask_path)."""
-    model, classes, spec, _ = loaded_model(model_uri)
+    model, meta = load_model(model_uri)
+    classes, spec, _ = model_facts(meta)
     if set(rows["label"]) - set(classes):
         return None
     probabilities = model_probabilities(model, spec, list(rows["path"]), list(rows["mask_path"]))
     truth = np.array([classes.index(label) for label in rows["label"]])
     if objective == "val_loss":
         return float(-np.log(np.clip(probabilities[np.arange(len(truth)), truth], 1e-12, 1)).mean())
-    return SCORES[objective](confusion_counts(truth, probabilities.argmax(1), len(classes)))
+    return point_scores(truth, probabilities, CallRule.of_model(meta))[SCORES[objective]]
 
 
 def promote(name: str, run_id: str, objective: str, value: float, val_rows: pd.DataFrame,
