@@ -13,6 +13,7 @@ $(BIN)/python:
 
 # Reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "installing bloodml into $(VENV): about 6.5 GB (PyPI's PyTorch is the CUDA build, which runs on CPUs too), a few minutes"
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install --quiet -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import bloodml, torch, timm, mlflow, optuna" && touch $@

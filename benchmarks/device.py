@@ -23,15 +23,15 @@ import torch.nn.functional as F
 
 from bloodml.compute import resolve
 from bloodml.config import build_config
-from bloodml.data.dataset import preload
-from bloodml.data.input_spec import InputSpec
-from bloodml.data.prepare import prepare
-from bloodml.data.transforms import Preprocess, build_augmentation
+from bloodml.inputs.dataset import preload
+from bloodml.inputs.input_spec import InputSpec
+from bloodml.splitting.prepare import prepare
+from bloodml.inputs.transforms import Preprocess, build_augmentation
 from bloodml.models.head import Head
 from bloodml.models.registry import create_backbone
 from bloodml.runtime import configure
 from bloodml.train import run_training
-from bloodml.training.loop import FinetuneTrainer, TrainSettings
+from bloodml.training.loop import FinetuneSettings, FinetuneTrainer, TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def bloodml_epoch(train, val, args, compute):
                              weight_decay=1e-4)
     augmentation = build_augmentation(180, 0.05, 0, 0.15, True, True, 0.2)
     trainer = FinetuneTrainer(backbone, Preprocess(spec), Head(backbone.feature_dim, 4), train, val, spec,
-                              augmentation, "all", 0, 1.0, 4, settings, compute=compute)
+                              augmentation, FinetuneSettings("all", 0, 1.0), 4, settings, compute=compute)
     return lambda: trainer.train_epoch(1)
 
 

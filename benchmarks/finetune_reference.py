@@ -35,12 +35,12 @@ from torchvision.transforms import v2
 
 from bloodml.compute import Compute, resolve
 from bloodml.config import build_config
-from bloodml.data.dataset import preload
-from bloodml.data.input_spec import InputSpec, apply_mask
-from bloodml.data.prepare import grouped_data
+from bloodml.inputs.dataset import preload
+from bloodml.inputs.input_spec import InputSpec, apply_mask
+from bloodml.splitting.prepare import grouped_data
 from bloodml.models import weights as W
 from bloodml.runtime import configure
-from bloodml.scoring import confusion_counts, macro_f1_from
+from bloodml.confusion import confusion_counts, macro_f1_from
 from bloodml.study.protocol import repeated_group_kfold
 from bloodml.study.statistics import compare, mean_ci
 

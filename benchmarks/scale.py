@@ -25,8 +25,8 @@ import pandas as pd
 from PIL import Image
 
 from bloodml.config import build_config
-from bloodml.data.copies import candidate_pairs, candidate_pairs_exhaustive
-from bloodml.data.prepare import prepare
+from bloodml.splitting.copies import candidate_pairs, candidate_pairs_exhaustive
+from bloodml.splitting.prepare import prepare
 
 
 def texture(rng: np.random.Generator, size: int = 32) -> np.ndarray:

@@ -26,17 +26,17 @@ import torch
 
 from bloodml.cache.store import clear_memory
 from bloodml.config import build_config
-from bloodml.data.dataset import preload
-from bloodml.data.prepare import prepare
-from bloodml.data.input_spec import InputSpec
-from bloodml.data.transforms import Preprocess
+from bloodml.inputs.dataset import preload
+from bloodml.splitting.prepare import prepare
+from bloodml.inputs.input_spec import InputSpec
+from bloodml.inputs.transforms import Preprocess
 from bloodml.evaluation.report import logits_of
 from bloodml.models.head import Head
 from bloodml.models.registry import create_backbone
 from bloodml.runtime import configure
 from bloodml.train import run_training
 from bloodml.training.features import extract_features
-from bloodml.training.loop import FinetuneTrainer, TrainSettings
+from bloodml.training.loop import FinetuneSettings, FinetuneTrainer, TrainSettings
 
 BACKBONES = ("efficientnet_lite0", "resnet50", "vgg16")
 
@@ -83,7 +83,7 @@ def finetuning(train, val, size: int) -> dict:
         small = train.subset(range(34))
         spec = InputSpec(mask_mode="cell", mean=backbone.mean, std=backbone.std)
         trainer = FinetuneTrainer(backbone, Preprocess(spec), Head(backbone.feature_dim, 4), small,
-                                  val.subset(range(2)), spec, None, "all", 0, 0.1, 4, settings)
+                                  val.subset(range(2)), spec, None, FinetuneSettings("all", 0, 0.1), 4, settings)
         seconds = timed(lambda: trainer.train_epoch(1), repeat=1)
         rows[name] = {"finetune_img_s": len(small) / seconds}
         print(f"finetune {name:20} {len(small) / seconds:7.1f} img/s (finetune=all, batch 17, {size} px)", flush=True)

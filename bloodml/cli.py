@@ -6,31 +6,83 @@ import os
 import shlex
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
-import click
+from .environment import require_packages
 
-from .config import PARAMETERS, build_config
-from .errors import BloodmlError
+require_packages()  # before click and the rest: a Python without bloodml's packages gets one line, not a traceback
 
+import click  # noqa: E402
 
-def parameter_options(command):
-    """Every run parameter as --name (the spelling `mlflow run -P name=...` passes) and --name-with-dashes."""
-    for name, spec in reversed(list(PARAMETERS.items())):
-        meta = spec.metadata
-        choices = f" [{'|'.join(meta['choices'])}]" if meta["choices"] else ""
-        default = str(spec.default).lower() if isinstance(spec.default, bool) else spec.default
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        command = click.option(*flags, name, default=None, metavar="VALUE",
-                               help=f"{meta['help']}{choices} (default: {default!r})")(command)
-    return command
+from .config import GROUPS, PARAMETERS, build_config, command_parameters, commands_reading  # noqa: E402
+from .errors import BloodmlError  # noqa: E402
 
 
-def run_options(command):
-    """The run parameters plus --config, the run configuration file they override."""
-    return click.option("--config", "config_path", default=None, metavar="YAML",
-                        help="run configuration file (experiments/*.yaml); other options override it")(
-        parameter_options(command))
+HELP_WIDTH = 110
+
+
+def _default_text(spec) -> str:
+    return str(spec.default).lower() if isinstance(spec.default, bool) else str(spec.default)
+
+
+def _one_line(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters at a word, marked with '...' when cut."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    return text[: width - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+
+
+class RunCommand(click.Command):
+    """A command whose run parameters are listed under their group's heading, one line each (the full text:
+    `bloodml params`)."""
+
+    def format_options(self, ctx, formatter):
+        own = [p.get_help_record(ctx) for p in self.get_params(ctx) if not getattr(p, "run_parameter", False)]
+        with formatter.section("Options"):
+            formatter.write_dl([record for record in own if record])
+        runs = {p.name: p for p in self.get_params(ctx) if getattr(p, "run_parameter", False)}
+        if not runs:
+            return
+        formatter.write_paragraph()
+        formatter.write("Run parameters, each --name VALUE (also a YAML key, and `mlflow run -P name=value`);\n"
+                        "`bloodml params [GROUP]` describes each in full. Defaults in parentheses.\n")
+        left = max(len(f"--{name}") for name in runs) + 2
+        for group, title in GROUPS.items():
+            names = [name for name in runs if PARAMETERS[name].metadata["group"] == group]
+            if not names:
+                continue
+            formatter.write(f"{title}:\n")
+            for name in names:
+                meta = PARAMETERS[name].metadata
+                choices = f" [{'|'.join(meta['choices'])}]" if meta["choices"] else ""
+                default = _default_text(PARAMETERS[name])
+                tail = f"{choices} ({default or 'empty'})"
+                text = _one_line(meta["help"], HELP_WIDTH - left - 4 - len(tail)) + tail
+                formatter.write(f"  {f'--{name}':<{left}}{text}\n")
+
+
+def parameter_options(command_name: str):
+    """The run parameters ``command_name`` reads (config.COMMAND_PARAMETERS), each as --name (the spelling `mlflow
+    run -P name=...` passes) and --name-with-dashes."""
+    def decorate(command):
+        for name in reversed(command_parameters(command_name)):
+            spec = PARAMETERS[name]
+            flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+            command = click.option(*flags, name, default=None, metavar="VALUE", help=spec.metadata["help"])(command)
+            command.__click_params__[-1].run_parameter = True
+        return command
+    return decorate
+
+
+def run_options(command_name: str):
+    """The run parameters ``command_name`` reads, plus --config, the run configuration file they override."""
+    def decorate(command):
+        return click.option("--config", "config_path", default=None, metavar="YAML",
+                            help="run configuration file (experiments/*.yaml); other options override it")(
+            parameter_options(command_name)(command))
+    return decorate
 
 
 def _config(config_path, values):
@@ -42,8 +94,8 @@ def cli():
     """bloodml: train, track and compare transfer-learning CNNs on small blood-cell datasets."""
 
 
-@cli.command()
-@run_options
+@cli.command(cls=RunCommand)
+@run_options("train")
 @click.option("--resume", "resume_run_id", default=None, metavar="RUN_ID",
               help="continue an interrupted run from its last complete epoch (its logged parameters are used)")
 def train(config_path, resume_run_id, **values):
@@ -62,8 +114,8 @@ def train(config_path, resume_run_id, **values):
     run_training(_config(config_path, values))
 
 
-@cli.command()
-@run_options
+@cli.command(cls=RunCommand)
+@run_options("segment")
 @click.option("--register", "register_as", default="", metavar="NAME",
               help="register the segmenter under NAME in the Model Registry, alias champion")
 def segment(config_path, register_as, **values):
@@ -73,10 +125,10 @@ def segment(config_path, register_as, **values):
     run_segment(_config(config_path, values), register_as)
 
 
-@cli.command("segment-score")
+@cli.command("segment-score", cls=RunCommand)
 @click.option("-m", "--model", "reference", required=True,
               help="the segmenter: runs:/<id>/segmenter, models:/<name>@<alias> or a run ID")
-@run_options
+@run_options("segment-score")
 def segment_score(reference, config_path, **values):
     """Score a segmenter on another dataset's expert masks (Dice/IoU with intervals, overlay gallery)."""
     from .segment import score_segmenter
@@ -84,8 +136,8 @@ def segment_score(reference, config_path, **values):
     score_segmenter(reference, _config(config_path, values))
 
 
-@cli.command()
-@run_options
+@cli.command(cls=RunCommand)
+@run_options("tune")
 @click.option("--n_trials", "--n-trials", "n_trials", default=20, show_default=True, type=int,
               help="finished-or-pruned trials the study should hold (all workers together)")
 @click.option("--timeout", default=0.0, show_default=True, type=float,
@@ -109,12 +161,12 @@ def tune(config_path, n_trials, timeout, study_name, storage, objective, space, 
                                                        pruner=pruner, model_name=model_name))
 
 
-@cli.command()
+@cli.command(cls=RunCommand)
 @click.option("--config", "study_file", required=True, help="study file, e.g. experiments/wbc_study_offline.yaml")
 @click.option("--out", default="", help="folder for the report (default study-<name>)")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="override a run parameter for every run")
 @click.option("--resume", is_flag=True, help="continue the study's latest run: configurations that finished are reused")
-@parameter_options
+@parameter_options("study")
 def study(study_file, out, sets, resume, **values):
     """Answer a study's questions: every configuration on the same folds, paired tests, a report. Run parameters
     (--data, --epochs, ...) override the study file's settings for every run, as --set does."""
@@ -132,10 +184,10 @@ def study(study_file, out, sets, resume, **values):
                                      "the report folder"), resume=resume)
 
 
-@cli.command("evaluate")
+@cli.command("evaluate", cls=RunCommand)
 @click.option("-m", "--model", "reference", required=True, help="models:/<name>@<alias>, runs:/<id>/model or a run ID")
 @click.option("--label-map", default="", help="their label -> the model's class, e.g. 'LY=lymphocyte,NE=neutrophil'")
-@run_options
+@run_options("evaluate")
 def evaluate_cmd(reference, label_map, config_path, **values):
     """Score a trained model on another dataset (layout options as for train) and log it as its own run."""
     from .evaluate import evaluate_model
@@ -157,7 +209,7 @@ def evaluate_cmd(reference, label_map, config_path, **values):
               help="fine-structure similarity from which a candidate counts as a copy (the second look)")
 def audit_split(manifest, train_dir, val_dir, test_dir, root, near_distance, similarity):
     """Check a split for leaks (same path, same bytes, near copies). Exit 1 if anything leaks, 0 if clean."""
-    from .data.audit import find_leaks, table_from_folders, table_from_manifest
+    from .splitting.audit import find_leaks, table_from_folders, table_from_manifest
 
     folders = {k: v for k, v in (("train", train_dir), ("val", val_dir), ("test", test_dir)) if v}
     if bool(manifest) == bool(folders):
@@ -293,6 +345,33 @@ def serve(reference, host, port, workers):
     serve_image_model(reference, host, port, workers)
 
 
+@cli.command()
+@click.argument("group", required=False)
+def params(group):
+    """Every run parameter with its default, choices, range, the commands that take it and its full description;
+    GROUP (data, model, augmentation, ...) for one group."""
+    if group and group not in GROUPS:
+        raise BloodmlError(f"no parameter group '{group}'; use one of {', '.join(GROUPS)}.")
+    for key, title in GROUPS.items():
+        if group and key != group:
+            continue
+        click.echo(f"{title} ({key})")
+        for name, spec in PARAMETERS.items():
+            meta = spec.metadata
+            if meta["group"] != key:
+                continue
+            facts = [f"default {_default_text(spec) or '(empty)'}"]
+            if meta["choices"]:
+                facts.append("one of " + ", ".join(meta["choices"]))
+            if meta["low"] is not None:
+                facts.append(f"from {meta['low']} to {meta['high']}")
+            facts.append("taken by " + ", ".join(commands_reading(name)))
+            click.echo(f"  {name}: {'; '.join(facts)}")
+            for line in textwrap.wrap(meta["help"], HELP_WIDTH - 6):
+                click.echo(f"      {line}")
+        click.echo("")
+
+
 @cli.group()
 def data():
     """Look at a dataset before training."""
@@ -320,11 +399,11 @@ def data_path(name):
     click.echo(str(locate(name)))
 
 
-@data.command("inspect")
-@run_options
+@data.command("inspect", cls=RunCommand)
+@run_options("data inspect")
 def data_inspect(config_path, **values):
     """Counts per class, image sizes, masks found, duplicates found."""
-    from .data.inspect import inspect_dataset
+    from .splitting.inspect import inspect_dataset
 
     for line in inspect_dataset(_config(config_path, values)):
         click.echo(line)

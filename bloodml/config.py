@@ -194,6 +194,52 @@ class RunConfig:
 
 PARAMETERS = {f.name: f for f in fields(RunConfig)}
 
+# The parameter groups, in the order help and the reference show them, with their headings.
+GROUPS: dict[str, str] = {
+    "recipe": "Recipe", "data": "Data", "split": "Split", "model": "Model", "preprocessing": "Masks and preprocessing",
+    "augmentation": "Augmentation (training images only)", "balancing": "Balancing",
+    "training": "Training and compute", "evaluation": "Evaluation", "tracking": "Tracking",
+}
+_ALL = tuple(GROUPS)
+_SCORING = ("threshold", "bootstrap", "group_aggregate", "group_top_k", "seed")
+
+# Which run parameters each command reads: whole groups by name, single parameters by theirs. A command takes these
+# as options and no others; `mlflow run` entry points that train (main, tune, study) take every one.
+COMMAND_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "train": _ALL,
+    "tune": _ALL,
+    "study": _ALL,
+    "evaluate": ("data", "tracking", "masks_from", "segmenter", "adapt_bn", "test_blur") + _SCORING,
+    "segment": ("data", "split", "tracking", "backbone", "pretrained", "weights", "image_size", "epochs",
+                "batch_size", "lr", "weight_decay", "device", "precision", "threads", "bootstrap"),
+    "segment-score": ("data", "tracking", "image_size", "bootstrap", "seed"),
+    "data inspect": ("data", "split"),
+}
+
+
+def group_of(name: str) -> str:
+    return PARAMETERS[name].metadata["group"]
+
+
+def command_parameters(command: str) -> list[str]:
+    """The run parameters ``command`` reads, in the order of RunConfig."""
+    wanted = COMMAND_PARAMETERS[command]
+    return [name for name in PARAMETERS if name in wanted or group_of(name) in wanted]
+
+
+def commands_reading(name: str) -> list[str]:
+    """The commands that take run parameter ``name``."""
+    return [command for command in COMMAND_PARAMETERS if name in command_parameters(command)]
+
+
+def section(config: "RunConfig", settings: type, prefix: str = "", **given: Any):
+    """A settings dataclass filled from the configuration's same-named parameters (``prefix`` + field name), so a
+    step reads its group of the configuration instead of a hand copy; ``given`` fills other fields, and fields that
+    are no run parameter keep their defaults."""
+    values = {f.name: getattr(config, prefix + f.name) for f in fields(settings)
+              if f.name not in given and prefix + f.name in PARAMETERS}
+    return settings(**values, **given)
+
 
 def _format(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -251,7 +297,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 def _unknown(name: str, source: str) -> BloodmlError:
     close = difflib.get_close_matches(name, PARAMETERS, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return BloodmlError(f"{source}: unknown parameter '{name}'{hint}; see README 'Parameters'.")
+    return BloodmlError(f"{source}: unknown parameter '{name}'{hint}; `bloodml params` lists them all.")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -9,14 +9,14 @@ import pandas as pd
 
 from .config import RunConfig
 from .data.labels import parse_class_names
-from .data.prepare import read_labelled, require_masks
+from .splitting.prepare import read_labelled, require_masks
 from .errors import BloodmlError
 from .evaluation.calibration import expected_calibration_error
 from .evaluation.calls import CallRule
 from .evaluation.groups import group_line
 from .evaluation.metrics import majority_rate
 from .evaluation.scoring import confusion_frame, predictions_frame, recall_per_class, score
-from .predict import adapted_model, loaded_model, model_probabilities, shift_check
+from .predict import adapted_model, loaded_model, model_probabilities, domain_shift_check
 from .segmentation.source import with_masks_from
 from .runtime import say
 from .tracking.registry import model_uri, source_run
@@ -51,7 +51,7 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
     if config.adapt_bn:
         model = adapted_model(model, spec, paths, mask_paths, batch, config.mask_codes, config.test_blur)
     points: list = []
-    probabilities = model_probabilities(model, spec, paths, mask_paths, batch, config.mask_codes, shift=points,
+    probabilities = model_probabilities(model, spec, paths, mask_paths, batch, config.mask_codes, domain_points=points,
                                         blur=config.test_blur)
     truth = np.array([classes.index(label) for label in table["label"]])
     groups = table["group"].to_numpy() if config.group_column else None
@@ -61,7 +61,7 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
     metrics["eval_majority_rate"] = majority_rate(truth)
     metrics["eval_ece"] = expected_calibration_error(truth, probabilities)
     metrics["eval_images"] = float(len(table))
-    metrics.update({f"eval_{k}": v for k, v in shift_check(profile, points).items()})
+    metrics.update({f"eval_{k}": v for k, v in domain_shift_check(profile, points).items()})
     recall = recall_per_class(scored.confusion, classes)
     metrics.update({f"eval_recall_{name}": v for name, v in recall.items()})
     in_domain = source_metrics(reference)

@@ -13,17 +13,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data.acquisition import sharpness_blur
+from .inputs.acquisition import sharpness_blur
 from .data.archives import is_zip, unzipped
-from .data.dataset import cell_free as marks_no_cell, load_batch
+from .inputs.dataset import cell_free as marks_no_cell, load_batch
 from .data.images import IMAGE_EXTENSIONS, first_few, is_image_file, unreadable_files, unreadable_summary
-from .data.input_spec import InputSpec
+from .inputs.input_spec import InputSpec
 from .data.masks import find_mask
 from .data.readers import class_folders, find_column, mirrored_masks_folder, native_path, read_csv
 from .errors import BloodmlError
 from .evaluation.calls import CallRule
 from .evaluation.groups import AGGREGATES, group_table
-from .evaluation.shift import ShiftProfile, descriptors, warning
+from .evaluation.domain_shift import ShiftProfile, descriptors, warning
 from .models.adaptation import adapt_batchnorm
 from .runtime import say
 from .segmentation.source import segmenter_for, with_masks_from
@@ -43,7 +43,7 @@ def loaded_model(reference: str, network: bool = False):
     return (model, *model_facts(meta))
 
 
-def shift_check(profile: ShiftProfile | None, points: list) -> dict[str, float]:
+def domain_shift_check(profile: ShiftProfile | None, points: list) -> dict[str, float]:
     """The domain-shift report of these images against the model's training images (empty for models logged
     before the check existed), with its warning line printed when most are far."""
     if profile is None or not points:
@@ -107,14 +107,15 @@ def network_inputs(spec: InputSpec, paths: list[str], mask_paths: list[str | Non
 
 
 def model_probabilities(model, spec: InputSpec, paths: list[str], mask_paths: list[str | None], batch: int = 32,
-                        mask_codes: str = "", shift: list | None = None, blur: float = 0.0,
+                        mask_codes: str = "", domain_points: list | None = None, blur: float = 0.0,
                         cell_free: list | None = None) -> np.ndarray:
     """Class probabilities (N, C) of a loaded bloodml model on these images (see :func:`network_inputs`);
-    ``shift``, a list, receives the images' domain-shift descriptors, ``cell_free`` the masks that mark no cell."""
+    ``domain_points``, a list, receives the images' domain-shift descriptors, ``cell_free`` the masks that mark no
+    cell."""
     parts = []
     for x in network_inputs(spec, paths, mask_paths, batch, mask_codes, blur, cell_free):
-        if shift is not None:
-            shift.append(descriptors(x))
+        if domain_points is not None:
+            domain_points.append(descriptors(x))
         parts.append(np.asarray(model.predict(x.numpy().astype(np.float32))))
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
@@ -224,12 +225,12 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
         model = adapted_model(model, spec, paths, mask_paths, batch, blur=test_blur)
     points: list = []
     cell_free: list = []
-    probabilities = model_probabilities(model, spec, paths, mask_paths, batch, shift=points, blur=test_blur,
+    probabilities = model_probabilities(model, spec, paths, mask_paths, batch, domain_points=points, blur=test_blur,
                                         cell_free=cell_free)
     if cell_free:
         say(f"note: {len(cell_free)} of {len(paths)} masks mark no cell, so the model (masks={spec.mask_mode}) saw "
             f"nothing of those cells and their predictions mean little: {first_few(cell_free)}; fix the masks")
-    shift_check(profile, points)
+    domain_shift_check(profile, points)
     rule = calling_rule(meta, group_aggregate)
     table = probability_table(probabilities, classes, label="predicted_label", rule=rule)
     table.insert(0, "file", [str(path) for path in files])

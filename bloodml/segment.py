@@ -20,14 +20,14 @@ from PIL import Image
 
 from . import __version__
 from .compute import resolve as resolve_compute
-from .config import RunConfig
-from .data.dataset import ImageSet, preload
-from .data.input_spec import InputSpec
+from .config import RunConfig, command_parameters, section
+from .inputs.dataset import ImageSet, preload
+from .inputs.input_spec import InputSpec
 from .data.images import read_rgb
 from .data.masks import REGION_NAMES, parse_mask_codes, read_regions
-from .data.prepare import PreparedData, prepare, read_labelled
-from .data.splits import dataset_name, manifest
-from .data.transforms import build_augmentation
+from .splitting.prepare import PreparedData, prepare, read_labelled
+from .splitting.splits import dataset_name, manifest
+from .inputs.transforms import GEOMETRY, Augmentation
 from .errors import BloodmlError
 from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
@@ -44,6 +44,16 @@ from .tracking.runs import log_folder, log_metrics, log_params, log_split_manife
 from .tracking.store import configure_tracking, ui_hint
 
 SPLITS = ("train", "val", "test")
+# What a segmenter's training images go through (image and mask together); not a run parameter of `segment`.
+SEGMENT_AUGMENTATION = Augmentation(rotation=180.0, shift=0.05, zoom=0.1, hflip=True, vflip=True, brightness=0.2)
+
+
+def segment_params(config: RunConfig) -> dict[str, str]:
+    """What a segmenter run logs: the run parameters `segment` reads, and the augmentation it ran."""
+    params = config.to_params()
+    ran = {name: getattr(SEGMENT_AUGMENTATION, name) for name in GEOMETRY}
+    return {**{name: params[name] for name in command_parameters("segment")},
+            **{name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in ran.items()}}
 
 
 @dataclass
@@ -99,14 +109,12 @@ def run_segment(config: RunConfig, register_as: str = "", data: PreparedData | N
         f"{config.image_size} px, {compute.name}")
     torch.manual_seed(config.seed)
     model = CellSegmenter(backbone)
-    augmentation = build_augmentation(180.0, 0.05, 0.0, 0.1, True, True, 0.2)
-    settings = SegmentSettings(config.epochs, config.batch_size, config.lr, config.weight_decay, config.seed)
+    settings = section(config, SegmentSettings)
 
     uri = configure_tracking()
     with training_run(config.experiment, config.run_name or f"segment-{config.backbone}", None,
                       {"bloodml.task": "segment"}) as run:
-        log_params({**config.to_params(), "segment_augmentation": "rotation 180, shift 0.05, zoom 0.1, flips, "
-                                                                   "brightness 0.2"})
+        log_params(segment_params(config))
         set_tags({"device_name": compute.name, "precision_used": compute.precision,
                   "threads": str(threads)})
         log_split_manifest(manifest(data.table, str(data.root)), dataset_name(config.data), str(data.root))
@@ -118,7 +126,7 @@ def run_segment(config: RunConfig, register_as: str = "", data: PreparedData | N
                 f"val_cell_dice={record['val_cell_dice']:.3f} val_nucleus_dice={record['val_nucleus_dice']:.3f}  "
                 f"({record['seconds']:.1f}s)")
 
-        fit_segmenter(model, train, val, augmentation, settings, compute, on_epoch)
+        fit_segmenter(model, train, val, SEGMENT_AUGMENTATION, settings, compute, on_epoch)
         buffer.flush()
         metrics: dict[str, float] = {}
         _, _, val_metrics = test_scores(model, val, "val_final", config.bootstrap, config.seed, compute)

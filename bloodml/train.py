@@ -20,32 +20,32 @@ from . import __version__
 from .cache.keys import image_keys, model_key
 from .cache.store import FeatureStore
 from .compute import CPU, Compute, resolve as resolve_compute
-from .config import RunConfig
-from .data.acquisition import Acquisition
-from .data.dataset import ImageSet, cell_free_note, preload, stray_note
-from .data.input_spec import InputSpec
-from .data.prepare import PreparedData, prepare
-from .data.splits import dataset_name, manifest
-from .data.transforms import Preprocess, build_augmentation, fit_input_spec
+from .config import RunConfig, section
+from .inputs.acquisition import Acquisition
+from .inputs.dataset import ImageSet, cell_free_note, preload, stray_note
+from .inputs.input_spec import InputSpec
+from .splitting.prepare import PreparedData, prepare
+from .splitting.splits import dataset_name, manifest
+from .inputs.transforms import Augmentation, Preprocess, effective, fit_input_spec
 from .evaluation.calls import CallRule
 from .evaluation.groups import group_line
 from .evaluation.report import EvaluationSettings, evaluate
-from .evaluation.shift import ShiftProfile, descriptors
+from .evaluation.domain_shift import ShiftProfile, descriptors
 from .models.classifier import BloodCellClassifier, mean_probability_scores, tta_views
 from .models.head import head_for
 from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
 from .segmentation.source import pinned, segmenter_for
 from .tracking.buffer import MetricBuffer
-from .tracking.image_model import log_image_model
+from .serving.image_model import log_image_model
 from .tracking.model import log_model
 from .tracking.runs import end_active_run, log_folder, log_metrics, log_params, log_split_manifest, logged_steps, \
     resumed_run, set_description, set_tags, training_run
 from .tracking.store import configure_tracking, ui_hint
 from .training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .training.features import FrozenFeatures, augmented_view
-from .training.loop import EpochRecord, FinetuneTrainer, FitResult, HeadTrainer, NaiveHeadTrainer, TrainSettings, \
-    fit
+from .training.loop import EpochRecord, FinetuneSettings, FinetuneTrainer, FitResult, HeadTrainer, NaiveHeadTrainer, \
+    TrainSettings, fit
 
 SPLITS = ("train", "val", "test")
 
@@ -72,22 +72,11 @@ class StopRun(Exception):
 
 
 # --- the settings each step needs, from the one configuration --------------------------------------------------
-def augmentation(config: RunConfig):
+def augmentation(config: RunConfig) -> Augmentation | None:
+    """The training images' augmentation: the augmentation group's geometry and acquisition (aug_*) changes."""
     if not config.augment:
         return None
-    acquisition = Acquisition(config.aug_gain, config.aug_gamma, config.aug_hed, config.aug_hue, config.aug_saturation,
-                              config.aug_grey, config.aug_blur, config.aug_resample, config.aug_jpeg)
-    return build_augmentation(config.rotation, config.shift, config.shear, config.zoom, config.hflip, config.vflip,
-                              config.brightness, acquisition)
-
-
-def settings_from(config: RunConfig) -> TrainSettings:
-    return TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, balance=config.balance,
-                         balance_target=config.balance_target, l1=config.l1, l2=config.l2,
-                         label_smoothing=config.label_smoothing, patience=config.patience,
-                         min_delta=config.min_delta, seed=config.seed, restore_best=config.restore_best,
-                         optimizer=config.optimizer, weight_decay=config.weight_decay, schedule=config.schedule,
-                         warmup=config.warmup, ema=config.ema)
+    return effective(section(config, Augmentation, acquisition=section(config, Acquisition, prefix="aug_")))
 
 
 def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = True,
@@ -145,23 +134,32 @@ def fitted_spec(spec: InputSpec, train: ImageSet) -> InputSpec:
     return fit_input_spec(spec, spec.network_input(train.images, train.regions))
 
 
+@dataclass
+class Built:
+    """A run's trainer and, for a head on cached frozen-backbone features, those features and the seconds the
+    feature step took (None otherwise: fine-tuning and the naive loop run the model on the images)."""
+
+    trainer: object
+    features: FrozenFeatures | None = None
+    feature_seconds: float | None = None
+
+
 def build_trainer(config: RunConfig, spec: InputSpec, backbone, head, train: ImageSet, val: ImageSet, classes,
-                  progress, compute: Compute = CPU):
+                  progress, compute: Compute = CPU) -> Built:
     """Fine-tuning, or a head on frozen-backbone features (cached per augmented view, or the naive loop)."""
-    settings = settings_from(config)
+    settings = section(config, TrainSettings)
     transform = augmentation(config)
     preprocess = Preprocess(spec)
     if config.finetune != "none":
-        return FinetuneTrainer(backbone, preprocess, head, train, val, spec, transform, config.finetune,
-                               config.freeze_epochs, config.backbone_lr_factor, len(classes), settings,
-                               compute=compute)
+        return Built(FinetuneTrainer(backbone, preprocess, head, train, val, spec, transform,
+                                     section(config, FinetuneSettings), len(classes), settings, compute=compute))
     views = config.aug_views if transform is not None else 1
     keys = image_keys(train.images, train.regions)
     if config.feature_cache == "off":
         view_images = [augmented_view(train.images, train.regions, transform, config.seed, v, keys, compute)
                        for v in range(views)]
-        return NaiveHeadTrainer(head, backbone, preprocess, view_images, spec, train.labels, val, len(classes),
-                                settings, compute)
+        return Built(NaiveHeadTrainer(head, backbone, preprocess, view_images, spec, train.labels, val, len(classes),
+                                      settings, compute))
     started = time.perf_counter()
     features = FrozenFeatures(FeatureStore(config.cache_dir or None, use_disk=config.feature_cache == "disk"),
                               model_key(config.backbone, backbone, preprocess, spec.mask_mode), backbone, preprocess,
@@ -172,11 +170,8 @@ def build_trainer(config: RunConfig, spec: InputSpec, backbone, head, train: Ima
     seconds = time.perf_counter() - started
     say(f"features: {views} view(s) x {len(train)} training + {len(val)} validation images in "
         f"{seconds:.1f}s ({features.store.hits} cached, {features.store.misses} computed)")
-    trainer = HeadTrainer(head, train_features, train.labels, val_features, val.labels, len(classes), settings,
-                          compute)
-    trainer.features = features
-    trainer.feature_seconds = seconds
-    return trainer
+    return Built(HeadTrainer(head, train_features, train.labels, val_features, val.labels, len(classes), settings,
+                             compute), features, seconds)
 
 
 @contextmanager
@@ -225,7 +220,8 @@ def fit_tracked(trainer, config: RunConfig, run_id: str, hook, resume_state: dic
                 logger(EpochRecord(**record))
         say(f"resuming run {run_id} after epoch {resume_state['epoch']}")
     try:
-        result = fit(trainer, settings_from(config), logger, lambda state: save_checkpoint(saved, state), resume_state)
+        result = fit(trainer, section(config, TrainSettings), logger, lambda state: save_checkpoint(saved, state),
+                     resume_state)
     except StopRun as stop:
         set_tags({"bloodml.state": stop.state, "bloodml.stop_reason": str(stop)})
         end_active_run("KILLED")
@@ -235,11 +231,11 @@ def fit_tracked(trainer, config: RunConfig, run_id: str, hook, resume_state: dic
 
 
 def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: PreparedData, sets, result: FitResult,
-                     trainer, plots: bool, compute: Compute) -> dict[str, float]:
+                     built: Built, plots: bool, compute: Compute) -> dict[str, float]:
     """Validation and test metrics with intervals (over groups when the data has them) and the artefacts."""
     metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
-    if getattr(trainer, "feature_seconds", None) is not None:  # frozen backbone: the cached feature step
-        metrics["feature_seconds"] = trainer.feature_seconds
+    if built.feature_seconds is not None:  # frozen backbone: the cached feature step
+        metrics["feature_seconds"] = built.feature_seconds
     groups = {s: data.split(s)["group"].to_numpy() for s in ("val", "test")} if config.group_column else None
     group_ids = ({s: data.split(s)["source_group"].to_numpy() for s in ("val", "test")}
                  if config.group_column and "source_group" in data.table else None)
@@ -247,7 +243,7 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
         metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
                                 result.history, result.best_epoch,
                                 evaluation_settings(config, data.classes, plots, compute),
-                                Path(tmp), groups, group_ids, cached_scores(model, trainer, sets, compute)))
+                                Path(tmp), groups, group_ids, cached_scores(model, built, sets, compute)))
         log_folder(tmp, "evaluation")
         summary = Path(tmp) / "summary.md"  # not written without plots (a study's folds)
         set_description(run_description(config, data, summary.read_text() if summary.is_file() else "", metrics))
@@ -255,13 +251,13 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
     return metrics
 
 
-def cached_scores(model: BloodCellClassifier, trainer, sets: dict[str, ImageSet], compute: Compute):
+def cached_scores(model: BloodCellClassifier, built: Built, sets: dict[str, ImageSet], compute: Compute):
     """A frozen backbone's scores from its cached features: for the validation split the very features the head
     was checked on, for the test split features computed once through the cache (a warm run reads them). With
     test-time augmentation each view (flips, transpose) is another image to the content-keyed cache, computed once
     and averaged as the model averages it. None when the model has to run on the images: fine-tuned or the naive
     loop."""
-    features = getattr(trainer, "features", None)
+    features, trainer = built.features, built.trainer
     if features is None:
         return None
 
@@ -349,11 +345,11 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     uri = configure_tracking()  # only once the inputs are known good: bad input leaves no store behind
     with open_run(config, parent_run_id, tags, resume_run_id) as run:
         log_run_inputs(config, data, threads, compute, tags)
-        trainer = build_trainer(config, spec, backbone, head, sets["train"], sets["val"], data.classes, progress,
-                                compute)
-        result = fit_tracked(trainer, config, run.info.run_id, epoch_hook, resume_state)
+        built = build_trainer(config, spec, backbone, head, sets["train"], sets["val"], data.classes, progress,
+                              compute)
+        result = fit_tracked(built.trainer, config, run.info.run_id, epoch_hook, resume_state)
         model = BloodCellClassifier(spec, backbone, head, data.classes, tta=config.tta).eval()
-        metrics = evaluate_and_log(model, config, data, sets, result, trainer, plots, compute)
+        metrics = evaluate_and_log(model, config, data, sets, result, built, plots, compute)
         profile, shift = shift_profile(spec, sets)
         metrics.update(shift)
         metrics["train_seconds"] = time.perf_counter() - started

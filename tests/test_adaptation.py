@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from bloodml.config import build_config
-from bloodml.data.acquisition import sharpness_blur
-from bloodml.data.input_spec import InputSpec
+from bloodml.inputs.acquisition import sharpness_blur
+from bloodml.inputs.input_spec import InputSpec
 from bloodml.models.adaptation import adapt_batchnorm, batchnorm_layers
 from bloodml.models.classifier import BloodCellClassifier
 from bloodml.models.head import Head

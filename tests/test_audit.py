@@ -3,8 +3,8 @@ import shutil
 import numpy as np
 
 from bloodml.config import build_config
-from bloodml.data.prepare import prepare
-from bloodml.data.splits import manifest
+from bloodml.splitting.prepare import prepare
+from bloodml.splitting.splits import manifest
 from clihelp import run_cli
 from conftest import WBC, needs_wbc
 

@@ -110,10 +110,10 @@ def test_no_password_in_runs_logs_or_errors(make_folders, tmp_path):
         assert not any(password in text for text in seen)
 
 
-def test_the_readme_scale_out_recipe_runs_on_loopback(tmp_path):
-    """The README's commands, run as written on one machine: only the placeholders a reader fills in change (the
-    database host and port, the server's address, the artefact store, the paths of the project's files) and the
-    tune is made tiny. The passwords come from files, as the README says: the database's from tools/services.sh."""
+def test_the_guides_scale_out_recipe_runs_on_loopback(tmp_path):
+    """The scale-out guide's commands, run as written on one machine: only the placeholders a reader fills in
+    change (the database host and port, the server's address, the artefact store, the paths of the project's files)
+    and the tune is made tiny. The passwords come from files, as the guide says: the database's from tools/services.sh."""
     import re
     import signal
     import socket
@@ -121,8 +121,8 @@ def test_the_readme_scale_out_recipe_runs_on_loopback(tmp_path):
 
     from conftest import REPO
 
-    text = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- scale-out -->\s*```bash\n(.*?)```", text, re.S).group(1)
+    text = (REPO / "docs" / "guides" / "tuning-and-scale-out.md").read_text()
+    block = re.search(r"<!-- scale-out -->\s*```bash[^\n]*\n(.*?)```", text, re.S).group(1)
     lines = block.splitlines()
     users = next(i for i, line in enumerate(lines) if line.startswith("# a user for the workers"))
     worker = next(i for i, line in enumerate(lines) if line.startswith("# on each worker machine"))
@@ -150,7 +150,7 @@ def test_the_readme_scale_out_recipe_runs_on_loopback(tmp_path):
     (tmp_path / "worker-password").write_text(secrets.token_urlsafe(16))
     (tmp_path / "flask-secret").write_text(secrets.token_urlsafe(16))
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("MLFLOW_", "PGPASS", "BLOODML_OPTUNA"))}  # only what the README sets
+           if not key.startswith(("MLFLOW_", "PGPASS", "BLOODML_OPTUNA"))}  # only what the guide sets
     env.update(HOME=str(tmp_path), CI="true", PATH=os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]]))
     with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen(["bash", "-e", "-c", parts[0]], cwd=tmp_path, env=env, stdout=log,

@@ -233,8 +233,8 @@ def test_wbc_layout_rows_without_a_label(make_wbc, capsys):
 
 
 def test_a_camera_rotated_image_is_read_as_shown_so_its_mask_lines_up(tmp_path):
-    from bloodml.data.dataset import load_sample
-    from bloodml.data.input_spec import InputSpec
+    from bloodml.inputs.dataset import load_sample
+    from bloodml.inputs.input_spec import InputSpec
 
     shown = np.full((64, 40, 3), 30, np.uint8)  # portrait as a viewer (and the annotation tool) shows it
     shown[:16] = 220  # the cell: the top band

@@ -9,9 +9,9 @@ import torch
 from bloodml.cache.keys import image_keys, model_key, view_key
 from bloodml.cache.store import FeatureStore, clear_memory
 from bloodml.config import build_config
-from bloodml.data.dataset import preload
-from bloodml.data.input_spec import InputSpec
-from bloodml.data.transforms import Preprocess, build_augmentation, fit_input_spec
+from bloodml.inputs.dataset import preload
+from bloodml.inputs.input_spec import InputSpec
+from bloodml.inputs.transforms import Preprocess, build_augmentation, fit_input_spec
 from bloodml.evaluation.report import logits_of
 from bloodml.models.classifier import tta_views
 from bloodml.models.head import Head
@@ -92,7 +92,7 @@ def test_cached_and_naive_training_give_the_same_head(make_wbc, tmp_path):
         torch.manual_seed(0)
         head = Head(backbone.feature_dim, 2)
         trainer = build_trainer(config.__class__(**{**config.__dict__, "feature_cache": mode}), InputSpec(),
-                                backbone, head, train, val, ["a", "b"], progress=False)
+                                backbone, head, train, val, ["a", "b"], progress=False).trainer
         assert isinstance(trainer, NaiveHeadTrainer if mode == "off" else HeadTrainer)
         fit(trainer, trainer.settings)
         heads.setdefault(mode, []).append(head.linear.weight.detach().clone())

@@ -7,7 +7,7 @@ import torch
 
 from bloodml.compute import Compute, resolve, send
 from bloodml.config import build_config
-from bloodml.data.transforms import build_augmentation
+from bloodml.inputs.transforms import build_augmentation
 from bloodml.errors import BloodmlError
 from bloodml.train import run_training
 from clihelp import run_cli
@@ -53,8 +53,9 @@ def _every_path(root, tmp_path, capsys, device, precision):
 
     run = mlflow.MlflowClient().get_run(results["finetune"].run_id)
     assert run.data.params["device"] == device and run.data.tags["precision_used"] == precision
+    # evaluate scores the logged model, which runs on the CPU: it takes no --device (it read none)
     code, out, err = run_cli(capsys, "evaluate", "-m", results["frozen"].run_id, "--data", root,
-                             "--device", device, "--precision", precision, "--near_duplicate_distance", "-1")
+                             "--near_duplicate_distance", "-1")
     assert code == 0, err
     code, out, err = run_cli(capsys, "predict", "-m", results["finetune"].run_id, root, "--masks-dir", root,
                              "--pattern", "*.bmp", "-o", tmp_path / "p.csv")
@@ -128,7 +129,7 @@ def test_one_cycle_and_cosine_schedules_warm_up_then_decay():
 
 
 def test_tta_averages_the_probabilities_of_flips_and_transpose():
-    from bloodml.data.input_spec import InputSpec
+    from bloodml.inputs.input_spec import InputSpec
     from bloodml.models.classifier import BloodCellClassifier
     from bloodml.models.head import Head
     from bloodml.models.registry import create_backbone
@@ -149,9 +150,9 @@ def test_tta_averages_the_probabilities_of_flips_and_transpose():
 def test_one_batch_shape_on_a_gpu_changes_no_result():
     """On a GPU short batches are padded to one shape (each new shape costs the convolution libraries seconds of
     planning): the padded rows must change nothing. Forced on here with fixed_shapes=True."""
-    from bloodml.data.dataset import ImageSet
-    from bloodml.data.input_spec import InputSpec
-    from bloodml.data.transforms import Preprocess
+    from bloodml.inputs.dataset import ImageSet
+    from bloodml.inputs.input_spec import InputSpec
+    from bloodml.inputs.transforms import Preprocess
     from bloodml.evaluation.report import logits_of
     from bloodml.models.classifier import BloodCellClassifier
     from bloodml.models.head import Head
@@ -179,8 +180,8 @@ def test_one_batch_shape_on_a_gpu_changes_no_result():
 def test_cpu_inference_runs_small_batches_with_the_same_results():
     """On the CPU, features and evaluation scores are computed 16 images at a time (faster per image there), a GPU
     keeps 64; splitting 40 images into batches of 16 gives the features one batch of 40 gives."""
-    from bloodml.data.input_spec import InputSpec
-    from bloodml.data.transforms import Preprocess
+    from bloodml.inputs.input_spec import InputSpec
+    from bloodml.inputs.transforms import Preprocess
     from bloodml.models.registry import create_backbone
     from bloodml.training.features import extract_features
 
@@ -203,12 +204,12 @@ def test_cpu_inference_runs_small_batches_with_the_same_results():
 def test_fine_tuning_takes_full_batches_only_and_its_schedule_matches():
     """A short last batch is dropped when fine-tuning (one shape on a GPU; never one image in batch norm); the
     one-cycle schedule counts exactly the steps taken (OneCycleLR refuses a step past its total)."""
-    from bloodml.data.dataset import ImageSet
-    from bloodml.data.input_spec import InputSpec
-    from bloodml.data.transforms import Preprocess
+    from bloodml.inputs.dataset import ImageSet
+    from bloodml.inputs.input_spec import InputSpec
+    from bloodml.inputs.transforms import Preprocess
     from bloodml.models.head import Head
     from bloodml.models.registry import create_backbone
-    from bloodml.training.loop import FinetuneTrainer, TrainSettings
+    from bloodml.training.loop import FinetuneSettings, FinetuneTrainer, TrainSettings
 
     spec = InputSpec(image_size=32)
     backbone = create_backbone("test_efficientnet", pretrained=False)
@@ -217,7 +218,8 @@ def test_fine_tuning_takes_full_batches_only_and_its_schedule_matches():
                     torch.zeros(n, dtype=torch.bool), torch.arange(n) % 3)
     settings = TrainSettings(epochs=2, batch_size=8, lr=1e-3, schedule="onecycle", optimizer="adamw")
     trainer = FinetuneTrainer(backbone, Preprocess(spec), Head(backbone.feature_dim, 3), data, data.subset(range(5)),
-                              spec, build_augmentation(180, 0.05, 0, 0.1, True, True, 0.1), "all", 0, 1.0, 3, settings)
+                              spec, build_augmentation(180, 0.05, 0, 0.1, True, True, 0.1),
+                              FinetuneSettings("all", 0, 1.0), 3, settings)
     sizes = [len(b) for b in trainer.batches()]
     assert sizes == [8, 8]
     for epoch in (1, 2):

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
-from bloodml.data.copies import Canvas, candidate_pairs, copy_similarity, fingerprint, hinted_similarity, orient
-from bloodml.data.hashing import add_hashes, near_copies
-from bloodml.data.splits import duplicate_groups
+from bloodml.splitting.copies import Canvas, candidate_pairs, copy_similarity, fingerprint, hinted_similarity, orient
+from bloodml.splitting.hashing import add_hashes, near_copies
+from bloodml.splitting.splits import duplicate_groups
 from clihelp import run_cli
 from conftest import WBC, needs_wbc
 
@@ -117,7 +117,7 @@ def test_indexed_candidate_search_equals_the_exhaustive_one_with_memory_linear_i
     memory grows about linearly with the number of images (not with its square)."""
     import tracemalloc
 
-    from bloodml.data.copies import candidate_pairs_exhaustive
+    from bloodml.splitting.copies import candidate_pairs_exhaustive
 
     rng = np.random.default_rng(3)
     fingerprints = rng.integers(0, 2 ** 63, size=(900, 120), dtype=np.int64).astype(np.uint64)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bloodml.config import build_config
+from bloodml.config import build_config, command_parameters
 from bloodml.evaluation.calls import CallRule
 from bloodml.evaluation.groups import aggregate, group_metrics, group_table
 from bloodml.evaluation.metrics import classification_metrics
@@ -153,8 +153,9 @@ def test_group_level_metrics_and_table_are_logged_next_to_the_cell_level_ones(ma
     assert code == 2 and "needs a CSV listing the images" in err
 
     # evaluate on (here: the same) patients: one call per patient, scored per patient
-    code, out, err = run_cli(capsys, "evaluate", "-m", result.run_id,
-                             *flags(patient_overrides(root, group_aggregate="topk", group_top_k=2, experiment="ev")))
+    evaluating = patient_overrides(root, group_aggregate="topk", group_top_k=2, experiment="ev")
+    code, out, err = run_cli(capsys, "evaluate", "-m", result.run_id,  # the settings evaluate takes (no training)
+                             *flags({k: v for k, v in evaluating.items() if k in command_parameters("evaluate")}))
     assert code == 0, err
     [run] = mlflow.search_runs(experiment_names=["ev"], output_format="list")
     assert run.data.metrics["eval_groups"] == 10 and "eval_group_roc_auc_ci_low" in run.data.metrics

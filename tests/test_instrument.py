@@ -8,10 +8,10 @@ import torch
 from PIL import Image, ImageFilter
 
 from bloodml.config import build_config
-from bloodml.data.acquisition import Acquisition, _hed_jitter
-from bloodml.data.transforms import build_augmentation
+from bloodml.inputs.acquisition import Acquisition, _hed_jitter
+from bloodml.inputs.transforms import build_augmentation
 from bloodml.errors import BloodmlError
-from bloodml.evaluation.shift import ShiftProfile, descriptors
+from bloodml.evaluation.domain_shift import ShiftProfile, descriptors
 from bloodml.train import run_training
 from clihelp import run_cli
 from conftest import tiny_overrides

@@ -44,7 +44,7 @@ def test_masks_resized_nearest_and_aspect_checked(tmp_path):
 def test_mask_modes():
     import torch
 
-    from bloodml.data.input_spec import apply_mask
+    from bloodml.inputs.input_spec import apply_mask
 
     image = torch.full((1, 3, 1, 3), 9, dtype=torch.uint8)
     regions = torch.tensor([[[0, 1, 2]]], dtype=torch.uint8)

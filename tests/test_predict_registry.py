@@ -56,7 +56,7 @@ def test_registered_model_is_loaded_by_alias_in_another_process(make_wbc, capsys
 
 FRESH_SHELL = """
 import sys, mlflow
-from bloodml.tracking.image_model import image_model_uri
+from bloodml.serving.image_model import image_model_uri
 from bloodml.tracking.registry import register
 mlflow.set_tracking_uri(sys.argv[1])
 print(image_model_uri(sys.argv[2]))

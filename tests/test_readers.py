@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from bloodml.config import build_config
-from bloodml.data.prepare import read_labelled
+from bloodml.splitting.prepare import read_labelled
 from bloodml.data.readers import ReaderOptions, read_dataset
 from bloodml.errors import BloodmlError
 from bloodml.runtime import cache_root

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bloodml.data.input_spec import InputSpec
+from bloodml.inputs.input_spec import InputSpec
 from bloodml.evaluation.saliency import chance_level, gradcam_maps, pointing_hit, relevance_mass, saliency_scores
 from bloodml.models.classifier import BloodCellClassifier
 from bloodml.models.head import Head

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from bloodml.config import build_config
-from bloodml.data.input_spec import InputSpec
+from bloodml.inputs.input_spec import InputSpec
 from bloodml.data.masks import crop_box
-from bloodml.data.dataset import preload
-from bloodml.data.prepare import prepare
+from bloodml.inputs.dataset import preload
+from bloodml.splitting.prepare import prepare
 from bloodml.errors import BloodmlError
 from bloodml.segment import run_segment
 from bloodml.segmentation.network import full_size, to_input
@@ -86,6 +86,24 @@ def test_segment_logs_dice_with_intervals_gallery_and_a_model_that_loads_in_a_ne
             f"np.save(r'{tmp_path / 'there.npy'}', s(np.load(r'{tmp_path / 'image.npy'}')))")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     assert np.array_equal(np.load(tmp_path / "there.npy"), here)
+
+
+def test_segment_logs_the_augmentation_it_ran_and_only_the_parameters_it_reads(segmenter_run, capsys):
+    """What is logged is what ran: the segmenter's own augmentation (rotation 180, ...), not the run configuration's
+    augmentation values (rotation 90, aug_*), which it never used; and `segment` takes no option it ignores."""
+    import mlflow
+
+    from bloodml.config import command_parameters
+    from bloodml.segment import SEGMENT_AUGMENTATION
+
+    _, result = segmenter_run
+    params = mlflow.MlflowClient().get_run(result.run_id).data.params
+    assert params["rotation"] == "180.0" and params["zoom"] == "0.1" and params["shear"] == "0.0"
+    assert params["hflip"] == "true" and SEGMENT_AUGMENTATION.rotation == 180.0
+    assert not any(name.startswith("aug_") or name in ("augment", "masks", "finetune", "dropout") for name in params)
+    assert params["epochs"] == "2" and set(command_parameters("segment")) <= set(params)
+    code, _, err = run_cli(capsys, "segment", "--data", "x", "--aug_hed", "0.1")
+    assert code == 2 and "No such option" in err and "--aug_hed" in err
 
 
 def test_masks_from_auto_takes_the_expert_mask_where_there_is_one_else_the_segmenter(segmenter_run):

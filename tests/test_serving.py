@@ -1,6 +1,6 @@
 """Serving to a real client: `bloodml serve` (mlflow models serve --env-manager local) on a model trained here,
 real HTTP requests carrying image files, the same answers as `bloodml predict`, a bad image refused with HTTP 400
-while the server goes on, and the README's curl example run as written."""
+while the server goes on, and the serving guide's curl example run as written."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from bloodml.config import build_config
-from bloodml.data.dataset import decode_sample, load_sample
-from bloodml.data.input_spec import InputSpec
+from bloodml.inputs.dataset import decode_sample, load_sample
+from bloodml.inputs.input_spec import InputSpec
 from bloodml.errors import BloodmlError
 from bloodml.predict import predict_images
 from bloodml.serving.frames import classify_frame, file_bytes, probability_table
@@ -90,10 +90,10 @@ class Server:
         assert self.process.poll() is not None
 
 
-def readme_request_block() -> str:
-    text = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- serve-request -->\s*```bash\n(.*?)```", text, re.S)
-    assert block, "README has no serve-request example"
+def guide_request_block() -> str:
+    text = (REPO / "docs" / "guides" / "serving.md").read_text()
+    block = re.search(r"<!-- serve-request -->\s*```bash[^\n]*\n(.*?)```", text, re.S)
+    assert block, "the serving guide has no serve-request example"
     return block.group(1)
 
 
@@ -128,7 +128,7 @@ def test_served_model_answers_image_files_like_predict(tmp_path):
         status, answer = post(f"{server.url}/invocations", request_of(bmp.read_bytes()))
         assert status == 200 and answer["predictions"][0]["label"] == expected["predicted_label"][0]
 
-        script = readme_request_block().replace(":5000", f":{port}")
+        script = guide_request_block().replace(":5000", f":{port}")
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])  # `bloodml` of this install
         shown = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                                env={**os.environ, "PATH": path})

@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from bloodml.config import build_config, replace
-from bloodml.data.prepare import prepare
-from bloodml.data.splits import assign_splits, duplicate_groups
+from bloodml.splitting.prepare import prepare
+from bloodml.splitting.splits import assign_splits, duplicate_groups
 from bloodml.errors import BloodmlError
 from conftest import ALLIDB2, REPO, needs_allidb2
 

@@ -7,8 +7,8 @@ import torch
 
 from bloodml.cache.keys import model_key
 from bloodml.config import build_config
-from bloodml.data.input_spec import InputSpec
-from bloodml.data.transforms import Preprocess
+from bloodml.inputs.input_spec import InputSpec
+from bloodml.inputs.transforms import Preprocess
 from bloodml.errors import BloodmlError
 from bloodml.models.registry import create_backbone
 from bloodml.train import run_training

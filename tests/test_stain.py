@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bloodml.config import build_config
-from bloodml.data.input_spec import InputSpec
-from bloodml.data.stain import LIGHT, REFERENCE_MATRIX, macenko, stain_vectors
-from bloodml.data.transforms import Preprocess, fit_input_spec
+from bloodml.inputs.input_spec import InputSpec
+from bloodml.inputs.stain import LIGHT, REFERENCE_MATRIX, macenko, stain_vectors
+from bloodml.inputs.transforms import Preprocess, fit_input_spec
 from bloodml.train import run_training
 from conftest import tiny_overrides
 

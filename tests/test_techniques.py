@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from bloodml.config import build_config
-from bloodml.data.audit import find_leaks
-from bloodml.data.dataset import ImageSet, preload
-from bloodml.data.input_spec import InputSpec
-from bloodml.data.transforms import Preprocess, augment, build_augmentation, fit_input_spec, rgb_to_hsv
+from bloodml.splitting.audit import find_leaks
+from bloodml.inputs.dataset import ImageSet, preload
+from bloodml.inputs.input_spec import InputSpec
+from bloodml.inputs.transforms import Preprocess, augment, build_augmentation, fit_input_spec, rgb_to_hsv
 from bloodml.models.head import Head
 from bloodml.models.registry import create_backbone
 from bloodml.train import build_trainer, run_training
@@ -65,7 +65,7 @@ def test_validation_is_never_augmented_and_balancing_touches_training_only(make_
     preprocess = Preprocess()
     train, val = _imageset(12), _imageset(6, seed=1)
     trainer = build_trainer(config, InputSpec(), backbone, Head(backbone.feature_dim, 2), train, val, ["a", "b"],
-                            progress=False)
+                            progress=False).trainer
     plain_val = extract_features(backbone, preprocess, val.images, val.regions, InputSpec(), progress=False)
     assert torch.allclose(trainer.val_features, plain_val)
     assert trainer.train_features.shape[0] == 3 and not torch.allclose(trainer.train_features[0], trainer.train_features[1])

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bloodml.config import RunConfig, build_config
-from bloodml.data.splits import manifest_digest
+from bloodml.splitting.splits import manifest_digest
 from bloodml.train import run_training
 from conftest import REPO, TINY_BACKBONE, tiny_overrides
 

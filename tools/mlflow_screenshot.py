@@ -1,7 +1,7 @@
 """Screenshots of bloodml in the MLflow UI, for the documentation (headless Chromium through Playwright).
 
     pip install -e '.[docs]'
-    python tools/mlflow_screenshot.py --tracking-uri sqlite:///mlflow.db --out-dir docs
+    python tools/mlflow_screenshot.py --tracking-uri sqlite:///mlflow.db --out-dir docs/images
 
 Starts `mlflow ui` on loopback and saves three PNGs:
   run_page.png        the newest training run (or --run ID): its datasets, tags, description and metrics;
@@ -118,7 +118,7 @@ def browser_path(given: str | None) -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
-    parser.add_argument("--out-dir", default="docs")
+    parser.add_argument("--out-dir", default="docs/images")
     parser.add_argument("--run", default=None, help="training run id (default: the newest)")
     parser.add_argument("--study", default=None, help="study name (default: the newest)")
     parser.add_argument("--model", default=None, help="registered model (default: the newest with @champion)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import BloodmlError
 from ..runtime import cache_root
-from .hashing import file_sha256
+from .checksums import file_sha256
 
 MAX_ZIP_BYTES = 4 * 1024**3
 COMPLETE = ".complete"  # written last: a folder without it is an unpacking that did not finish

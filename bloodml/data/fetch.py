@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import BloodmlError
 from ..runtime import cache_root, say, show_progress
-from .hashing import file_sha256
+from .checksums import file_sha256
 from .archives import extract_zip
 
 CATALOG_FILES = Path(__file__).with_name("catalog")

@@ -324,7 +324,8 @@ def detect_format(folder: Path, options: ReaderOptions) -> str:
     if any(p.is_dir() and any(is_image_file(f) for f in p.rglob("*")) for p in folder.iterdir()):
         return "folders"
     raise BloodmlError(
-        f"{folder}: cannot tell the dataset layout; pass format= (wbc, manifest or folders) and see README 'Data'."
+        f"{folder}: cannot tell the dataset layout; pass format= (wbc, manifest or folders) and see "
+        f"docs/reference/data-layouts.md."
     )
 
 

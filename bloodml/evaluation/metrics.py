@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
-from ..scoring import balanced_accuracy_from, confusion_counts, macro_f1_from, mcc_from
+from ..confusion import balanced_accuracy_from, confusion_counts, macro_f1_from, mcc_from
 from .calls import called
 
 Z95 = 1.959963984540054

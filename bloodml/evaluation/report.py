@@ -18,7 +18,7 @@ import torch
 from sklearn import metrics as skm
 
 from ..compute import CPU, Compute
-from ..data.dataset import ImageSet
+from ..inputs.dataset import ImageSet
 from . import plots
 from .calibration import expected_calibration_error, fit_temperature, reliability_bins
 from .calls import CallRule

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..scoring import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from, mcc_from
+from ..confusion import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from, mcc_from
 from .calls import CallRule, called
 from .groups import group_metrics, group_table
 from .metrics import classification_metrics

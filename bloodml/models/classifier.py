@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.input_spec import InputSpec
-from ..data.transforms import Preprocess
+from ..inputs.input_spec import InputSpec
+from ..inputs.transforms import Preprocess
 from .head import Head
 from .registry import Backbone
 

@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..data.input_spec import IMAGENET_MEAN, IMAGENET_STD
+from ..inputs.input_spec import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import BloodmlError
 from . import weights as W
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
-from ..data.input_spec import InputSpec
+from ..inputs.input_spec import InputSpec
 from ..errors import BloodmlError
 from ..tracking.model import load_segmenter
 from ..tracking.registry import model_uri, source_run

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..compute import CPU, Compute
-from ..data.dataset import ImageSet
-from ..data.transforms import Augmentation
+from ..inputs.dataset import ImageSet
+from ..inputs.transforms import Augmentation
 from .cleanup import one_cell
 from .network import CellSegmenter
 from .scores import per_image

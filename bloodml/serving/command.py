@@ -7,17 +7,32 @@ import sys
 from pathlib import Path
 
 from ..runtime import say
-from ..tracking.image_model import image_model_uri
+from ..inputs.input_spec import InputSpec
+from ..tracking.pyfunc import logged_metadata
 from ..tracking.store import configure_tracking
+from .image_model import image_model_uri
 
-REQUEST = """printf '{"dataframe_split": {"columns": ["image"], "data": [["%s"]]}}' "$(base64 < cell.bmp | tr -d '\\n')" > request.json"""
+
+def request_line(mask: bool) -> str:
+    """A shell line that writes a request for ``cell.bmp`` (and, for a model that needs its mask, ``cell_mask.png``)
+    into request.json."""
+    if not mask:
+        return ("""printf '{"dataframe_split": {"columns": ["image"], "data": [["%s"]]}}' """
+                """"$(base64 < cell.bmp | tr -d '\\n')" > request.json""")
+    return ("""printf '{"dataframe_split": {"columns": ["image", "mask"], "data": [["%s", "%s"]]}}' """
+            """"$(base64 < cell.bmp | tr -d '\\n')" "$(base64 < cell_mask.png | tr -d '\\n')" > request.json""")
 
 
-def curl_example(host: str, port: int) -> list[str]:
-    """Two shell lines: write a request for ``cell.bmp``, and post it."""
+def needs_mask(spec: InputSpec) -> bool:
+    """A masked model without a segmenter to draw missing masks needs each image's mask in the request."""
+    return spec.masked and not spec.segmented
+
+
+def curl_example(host: str, port: int, mask: bool = False) -> list[str]:
+    """Two shell lines: write a request for ``cell.bmp`` (with its mask when the model needs one), and post it."""
     address = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return [REQUEST, f"curl -X POST -H 'Content-Type: application/json' --data @request.json "
-                     f"http://{address}:{port}/invocations"]
+    return [request_line(mask), f"curl -X POST -H 'Content-Type: application/json' --data @request.json "
+                                f"http://{address}:{port}/invocations"]
 
 
 def serve_command(uri: str, host: str, port: int, workers: int) -> list[str]:
@@ -30,8 +45,11 @@ def serve_image_model(reference: str, host: str, port: int, workers: int = 1) ->
     configure_tracking()
     uri = image_model_uri(reference)
     command = serve_command(uri, host, port, workers)
-    say(f"serving {uri}: POST image files (base64) to http://{host}:{port}/invocations; try:")
-    for line in curl_example(host, port):
+    mask = needs_mask(InputSpec.from_metadata(logged_metadata(uri)))
+    files = "cell.bmp and its mask cell_mask.png (the model was trained with masks)" if mask else "cell.bmp"
+    say(f"serving {uri}: POST image files (base64) to http://{host}:{port}/invocations; try, in a folder "
+        f"holding {files}:")
+    for line in curl_example(host, port, mask):
         say(f"  {line}")
     say(f"running: mlflow models serve -m {uri} --env-manager local -h {host} -p {port} -w {workers}")
     sys.stdout.flush()

@@ -2,8 +2,8 @@
 optionally its mask file's) -> one row per image: ``label``, ``confidence`` and ``p_<class>`` for every class.
 
 Pure: the network's predict function, the class names, the input specification and the segmenter are given (the
-served model in :mod:`bloodml.tracking.image_model` gives them); images are decoded, masked, cropped and resized
-by :func:`bloodml.data.dataset.decode_sample`, exactly as training read the same files from disk.
+served model in :mod:`bloodml.serving.image_model` gives them); images are decoded, masked, cropped and resized
+by :func:`bloodml.inputs.dataset.decode_sample`, exactly as training read the same files from disk.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.dataset import Segmenter, decode_sample
-from ..data.input_spec import InputSpec
+from ..inputs.dataset import Segmenter, decode_sample
+from ..inputs.input_spec import InputSpec
 from ..errors import BloodmlError
 from ..evaluation.calls import CallRule, called
 

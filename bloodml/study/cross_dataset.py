@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import RunConfig, build_config
-from ..data.prepare import read_labelled
+from ..splitting.prepare import read_labelled
 from ..errors import BloodmlError
 from ..predict import InMemoryModel, adapted_model, model_probabilities
-from ..evaluation.shift import ShiftProfile
+from ..evaluation.domain_shift import ShiftProfile
 from ..evaluation.calls import CallRule
 from ..evaluation.scoring import point_scores
 
@@ -57,7 +57,7 @@ def score_on(model, classes: list[str], test: TestSet, profile: ShiftProfile | N
               if adapt_bn else InMemoryModel(model))
     points: list = []
     probabilities = model_probabilities(scorer, spec, paths, mask_paths, mask_codes=test.config.mask_codes,
-                                        shift=points, blur=blur)
+                                        domain_points=points, blur=blur)
     truth = np.array([classes.index(label) for label in table["label"]])
     scores = point_scores(truth, probabilities, rule)
     if profile is not None and points:

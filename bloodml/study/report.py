@@ -107,9 +107,9 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
                   else "")
         path = _plot_question(question, result.scores, spec.metric, out / f"question_{i}.png", ylabel)
         lines += [f"### {question.name}", "", f"![{question.name}]({path.name})", ""]
-    background = [c for c in result.comparisons if c.question.startswith("Background-only")]
+    background = [c.name for c in spec.configurations if c.control]  # the control configuration, by its flag
     if background:
-        name = background[0].a
+        name = background[0]
         balanced = np.array(result.scores[name]["balanced_accuracy"])
         mean, _, low, high = mean_ci(balanced)
         chance = 1 / table["label"].nunique()

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.calls import CallRule
-from ..data.audit import find_leaks
-from ..data.prepare import PreparedData, grouped_data
-from ..data.splits import assign_splits
+from ..splitting.audit import find_leaks
+from ..splitting.prepare import PreparedData, grouped_data
+from ..splitting.splits import assign_splits
 from ..models.registry import create_backbone
 from ..runtime import configure, say, show_progress
 from ..tracking.runs import adopt_launched_run, child_runs, create_run, find_runs, finish_run, log_folder, log_metrics, \
@@ -108,8 +108,8 @@ def open_study_run(spec: StudySpec, folds: list[Fold], resume: bool) -> tuple[st
     params = {"study": spec.name, "protocol": spec.protocol, "folds": spec.folds, "repeats": spec.repeats,
               "metric": spec.metric, "configurations": len(spec.configurations), "data": spec.base.data}
     tags = {"bloodml.task": "study"}
-    parent = adopt_launched_run(tags, params) or create_run(spec.base.experiment, f"study-{spec.name}", None, tags,
-                                                            params)
+    parent = adopt_launched_run(tags, params, spec.base.experiment, f"study-{spec.name}") or create_run(
+        spec.base.experiment, f"study-{spec.name}", None, tags, params)
     return parent, {}
 
 

@@ -17,8 +17,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from ..errors import BloodmlError
-from ..data.hashing import file_sha256
-from ..data.input_spec import InputSpec
+from ..data.checksums import file_sha256
+from ..inputs.input_spec import InputSpec
 from ..models.classifier import BloodCellClassifier
 from ..models.head import head_for
 from ..models.registry import create_backbone

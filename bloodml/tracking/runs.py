@@ -18,7 +18,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.exceptions import MlflowException
 
-from ..data.splits import manifest_digest
+from ..splitting.splits import manifest_digest
 from ..errors import BloodmlError
 
 LAUNCHED_RUN = "MLFLOW_RUN_ID"  # set by `mlflow run` for the entry point's process: that run is ours
@@ -216,14 +216,25 @@ def create_run(experiment: str, name: str, parent_run_id: str | None = None, tag
     return run_id
 
 
-def adopt_launched_run(tags: dict, params: dict | None = None) -> str | None:
-    """Under `mlflow run`, the launched run becomes the parent of what follows: tag it (and log ``params``).
-    Returns its ID, or None when not launched by `mlflow run`."""
+def adopt_launched_run(tags: dict, params: dict | None = None, experiment: str = "", name: str = "") -> str | None:
+    """Under `mlflow run`, the launched run becomes the parent of what follows: named ``name``, tagged (and
+    ``params`` logged). Returns its ID, or None when not launched by `mlflow run`, or when `mlflow run` put it in
+    another experiment than ``experiment`` (its default one, unless given --experiment-name): the parent is then
+    made in ``experiment`` by the caller, and the launched run is left as a named pointer to it."""
     run_id = launched_run_id()
-    if run_id:
-        set_tags(tags, run_id)
-        if params:
-            log_params(params, run_id)
+    if not run_id:
+        return None
+    if experiment and _client().get_run(run_id).info.experiment_id != experiment_id(experiment):
+        _client().set_tag(run_id, "mlflow.runName", f"{name} (runs in experiment {experiment})")
+        set_description(f"`mlflow run` started this run in its default experiment. {name} and all its runs are in "
+                        f"experiment '{experiment}' (`mlflow run --experiment-name {experiment}` keeps them "
+                        f"together).", run_id)
+        return None
+    if name:
+        _client().set_tag(run_id, "mlflow.runName", name)
+    set_tags(tags, run_id)
+    if params:
+        log_params(params, run_id)
     return run_id
 
 

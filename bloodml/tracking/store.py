@@ -5,6 +5,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
+import sys
+from pathlib import Path
 
 import mlflow
 
@@ -47,6 +50,21 @@ def _initialise_sqlite_once(uri: str) -> None:
 
 
 def ui_hint(uri: str) -> str:
+    """How to look at the runs, as a command that runs as printed from this shell: the `mlflow` beside this Python
+    (a virtual environment's, which need not be on PATH)."""
     if uri.startswith("http"):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
+    return f"{mlflow_command()} ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
+
+
+def mlflow_command() -> str:
+    """``mlflow`` when the one on PATH is this Python's, else the path of this Python's (relative to the working
+    directory when under it, as `.venv/bin/mlflow`)."""
+    mine = Path(sys.executable).parent / "mlflow"
+    found = shutil.which("mlflow")
+    if not mine.exists() or (found and Path(found).resolve() == mine.resolve()):
+        return "mlflow"
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)

@@ -10,8 +10,8 @@ from tqdm.auto import tqdm
 from ..cache.keys import image_keys, per_image_seed, view_key
 from ..cache.store import FeatureStore
 from ..compute import CPU, Compute
-from ..data.input_spec import InputSpec
-from ..data.transforms import Augmentation, Preprocess
+from ..inputs.input_spec import InputSpec
+from ..inputs.transforms import Augmentation, Preprocess
 from ..models.registry import Backbone
 
 

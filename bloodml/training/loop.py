@@ -21,12 +21,12 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from ..compute import CPU, Compute
-from ..data.dataset import ImageSet
-from ..data.input_spec import InputSpec
-from ..data.transforms import Augmentation, Preprocess
+from ..inputs.dataset import ImageSet
+from ..inputs.input_spec import InputSpec
+from ..inputs.transforms import Augmentation, Preprocess
 from ..models.head import Head
 from ..models.registry import Backbone
-from ..scoring import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from
+from ..confusion import accuracy_from, balanced_accuracy_from, confusion_counts, macro_f1_from
 from .balancing import class_weights, epoch_indices, epoch_length
 from .early_stopping import EarlyStopping
 from .regularisation import penalised, penalty
@@ -51,6 +51,13 @@ class TrainSettings:
     schedule: str = "constant"  # constant, onecycle or cosine (per batch)
     warmup: float = 0.0  # share of all steps spent warming up (onecycle, cosine)
     ema: float = 0.0  # decay of the exponential moving average of the trained weights, per step (0: off)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    finetune: str = "all"  # last: the backbone's last block; all: the whole backbone
+    freeze_epochs: int = 0  # head-only epochs first
+    backbone_lr_factor: float = 0.1  # the backbone's learning rate = lr x this
 
 
 @dataclass(frozen=True)
@@ -306,9 +313,9 @@ class FinetuneTrainer(_Trainer):
     on the fly; the first ``freeze_epochs`` train the head alone."""
 
     def __init__(self, backbone: Backbone, preprocess: Preprocess, head: Head, train: ImageSet, val: ImageSet,
-                 spec: InputSpec, transform: Augmentation | None, finetune: str, freeze_epochs: int,
-                 backbone_lr_factor: float, num_classes: int, settings: TrainSettings,
-                 eval_batch: int | None = None, compute: Compute = CPU):
+                 spec: InputSpec, transform: Augmentation | None, finetuning: FinetuneSettings, num_classes: int,
+                 settings: TrainSettings, eval_batch: int | None = None, compute: Compute = CPU):
+        finetune, freeze_epochs = finetuning.finetune, finetuning.freeze_epochs
         super().__init__(head, train.labels, num_classes, settings, compute)
         self.drop_last = True
         backbone.to(compute.device)
@@ -327,7 +334,7 @@ class FinetuneTrainer(_Trainer):
         for p in backbone.parameters():
             p.requires_grad_(False)
         self.set_optimiser([{"params": list(head.parameters()), "lr": settings.lr},
-                            {"params": self.unfrozen, "lr": settings.lr * backbone_lr_factor}])
+                            {"params": self.unfrozen, "lr": settings.lr * finetuning.backbone_lr_factor}])
         self.backbone.to(memory_format=torch.channels_last)
         self.modules_trained = nn.ModuleDict({"backbone": backbone, "head": head})
         self.start_weight_average()

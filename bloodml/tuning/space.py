@@ -41,7 +41,7 @@ def validate_space(space: dict, source: str) -> dict:
         raise BloodmlError(f"{source}: the search space must be a non-empty mapping of parameter: spec.")
     for name, spec in space.items():
         if name not in PARAMETERS:
-            raise BloodmlError(f"{source}: '{name}' is not a run parameter; see README 'Parameters'.")
+            raise BloodmlError(f"{source}: '{name}' is not a run parameter; `bloodml params` lists them all.")
         if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
             raise BloodmlError(f"{source}: {name} needs type float, int or categorical, e.g. "
                                f"{{type: float, low: 0, high: 1}}.")

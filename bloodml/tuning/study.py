@@ -20,7 +20,7 @@ from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from ..config import RunConfig, replace
-from ..data.prepare import prepare
+from ..splitting.prepare import prepare
 from ..errors import BloodmlError
 from ..runtime import configure, say, show_progress
 from ..tracking.runs import adopt_launched_run, create_run, delete_run, find_runs, finish_run, launched_run_id, \
@@ -124,9 +124,9 @@ def _parent_run(study: optuna.Study, config: RunConfig, settings: TuneSettings) 
     params = {**{f"fixed.{k}": v for k, v in config.to_params().items()},
               "n_trials": settings.n_trials, "objective": settings.objective, "pruner": settings.pruner,
               "storage": shown_storage(settings.storage), "space": settings.space or "default"}
-    # launched by `mlflow run -e tune`: that run is the parent; otherwise a new one
-    parent = adopt_launched_run(tags, params) or create_run(config.experiment, f"tune-{study.study_name}", None,
-                                                            tags, params)
+    # launched by `mlflow run -e tune` into the configured experiment: that run is the parent; otherwise a new one
+    parent = adopt_launched_run(tags, params, config.experiment, f"tune-{study.study_name}") or create_run(
+        config.experiment, f"tune-{study.study_name}", None, tags, params)
     # Workers starting together may each have made one: the earliest-started parent of this study wins.
     candidates = find_runs(f"tags.`optuna.study` = '{study.study_name}' and tags.`bloodml.task` = 'tune'")
     winner = min(candidates, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if candidates else parent

@@ -16,7 +16,7 @@ import torch
 
 from ..compute import send
 from ..errors import BloodmlError
-from .masks import CROP_MODES, MASK_LOOKUP, MASK_MODES, parse_mask_codes
+from ..data.masks import CROP_MODES, MASK_LOOKUP, MASK_MODES, parse_mask_codes
 from .stain import REFERENCE_MATRIX, REFERENCE_MAX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

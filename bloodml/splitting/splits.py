@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ..errors import BloodmlError
-from .images import first_few
+from ..data.images import first_few
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "group", "split", "sha256", "phash", "mask_path", "source_group"]
@@ -21,7 +21,7 @@ MANIFEST_COLUMNS = ["path", "label", "group", "split", "sha256", "phash", "mask_
 
 def duplicate_groups(table: pd.DataFrame, copies=()) -> pd.Series:
     """Union of: the user's group column, identical file content (``sha256``), and the near-copy pairs ``copies``
-    ((i, j, ...) by position, from :func:`bloodml.data.hashing.near_copies`).
+    ((i, j, ...) by position, from :func:`bloodml.splitting.hashing.near_copies`).
 
     Returns one group id per row (the smallest row position of the component, as 'g<index>').
     """

@@ -13,12 +13,12 @@ from ..config import RunConfig
 from ..errors import BloodmlError
 from ..runtime import say
 from .audit import find_leaks
-from .fetch import locate
+from ..data.fetch import locate
 from .hashing import add_hashes, near_copies
-from .images import first_few
-from .labels import apply_class_names, class_order, default_class_names, drop_rare_classes, group_binary, \
+from ..data.images import first_few
+from ..data.labels import apply_class_names, class_order, default_class_names, drop_rare_classes, group_binary, \
     merge_case_variants, parse_class_names
-from .readers import ReaderOptions, read_dataset, unused_csv_note
+from ..data.readers import ReaderOptions, read_dataset, unused_csv_note
 from .splits import assign_splits, check_group_labels, check_one_label_per_group, drop_conflicting_copies, \
     duplicate_groups
 

@@ -1,5 +1,5 @@
 """Preloading: every image decoded once, resized, and kept as uint8 tensors with its region map, as an
-:class:`~bloodml.data.input_spec.InputSpec` says (size, mask codes, stray tolerance)."""
+:class:`~bloodml.inputs.input_spec.InputSpec` says (size, mask codes, stray tolerance)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import BloodmlError
-from .images import files_error, first_few, read_rgb
+from ..data.images import files_error, first_few, read_rgb
 from .input_spec import InputSpec
-from .masks import crop_box, parse_mask_codes, read_regions
+from ..data.masks import crop_box, parse_mask_codes, read_regions
 
 Segmenter = Callable[[np.ndarray], np.ndarray]  # an RGB image (H,W,3) uint8 -> its region map (H,W) uint8
 

@@ -6,25 +6,16 @@ This module reads the files; :mod:`.copies` holds the pure image arithmetic.
 from __future__ import annotations
 
 import functools
-import hashlib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..errors import BloodmlError
+from ..data.checksums import file_sha256
 from .copies import COPY_SIMILARITY, Canvas, candidate_pairs, fingerprint, hash_hex, hinted_similarity, \
     similarity_bar as _bar
-from .images import files_error, read_rgb
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from ..data.images import files_error, read_rgb
 
 
 # Work already done in this process, by file content (studies, tuning and tests look at the same files again).

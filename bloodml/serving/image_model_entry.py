@@ -1,7 +1,7 @@
 """What MLflow runs to load the served image-in model (models-from-code: no pickled code is unpickled)."""
 
-from mlflow.models import set_model
+from bloodml.tracking.pyfunc import set_model
 
-from bloodml.tracking.image_model import ImageModel
+from bloodml.serving.image_model import ImageModel
 
 set_model(ImageModel())

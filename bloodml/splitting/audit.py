@@ -11,7 +11,7 @@ import pandas as pd
 from ..errors import BloodmlError
 from .copies import COPY_SIMILARITY
 from .hashing import add_hashes, near_copies
-from .images import is_image_file
+from ..data.images import is_image_file
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Image transforms: joint image+mask augmentation (batched, on any device) and the preprocessing module.
 
-:class:`Preprocess` is an ``nn.Module`` built from an :class:`~bloodml.data.input_spec.InputSpec`, so the exact
+:class:`Preprocess` is an ``nn.Module`` built from an :class:`~bloodml.inputs.input_spec.InputSpec`, so the exact
 preprocessing a model was trained with travels inside the logged model: colour space, stain normalisation, and
 normalisation statistics (fitted on training images only, by :func:`fit_input_spec`).
 """
@@ -8,7 +8,7 @@ normalisation statistics (fitted on training images only, by :func:`fit_input_sp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,9 @@ from ..compute import send
 from .acquisition import Acquisition
 from .input_spec import InputSpec
 from .stain import fit_reference, macenko
+
+
+GEOMETRY = ("rotation", "shift", "shear", "zoom", "hflip", "vflip", "brightness")  # Augmentation's own magnitudes
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,16 @@ class Augmentation:
 
 def build_augmentation(rotation: float, shift: float, shear: float, zoom: float, hflip: bool, vflip: bool,
                        brightness: float, acquisition: Acquisition | None = None) -> Augmentation | None:
-    """The augmentation of a run, or None when every magnitude is zero."""
-    acquisition = acquisition if acquisition is not None and acquisition.active else None
-    augmentation = Augmentation(rotation, shift, shear, zoom, hflip, vflip, brightness, acquisition)
-    return augmentation if any((rotation, shift, shear, zoom, hflip, vflip, brightness, acquisition)) else None
+    """The augmentation with these magnitudes, or None when every one is zero."""
+    return effective(Augmentation(rotation, shift, shear, zoom, hflip, vflip, brightness, acquisition))
+
+
+def effective(augmentation: Augmentation) -> Augmentation | None:
+    """``augmentation`` without an inactive acquisition part, or None when it changes nothing."""
+    acquisition = augmentation.acquisition if augmentation.acquisition is not None and \
+        augmentation.acquisition.active else None
+    augmentation = replace(augmentation, acquisition=acquisition)
+    return augmentation if any(getattr(augmentation, name) for name in GEOMETRY + ("acquisition",)) else None
 
 
 def augment(images: torch.Tensor, regions: torch.Tensor, transform: Augmentation | None,
