@@ -29,16 +29,16 @@ from PIL import Image
 WIDTH, HEIGHT = 1400, 1000
 
 
-def newest_training_run(run_id: str | None) -> tuple[str, str]:
-    """(experiment id, run id) of the given run, or of the newest bloodml training run."""
+def newest_training_run(run_id: str | None) -> tuple[str, str, str]:
+    """(experiment id, run id, run name) of the given run, or of the newest bloodml training run."""
     if run_id:
         run = mlflow.get_run(run_id)
-        return run.info.experiment_id, run.info.run_id
+        return run.info.experiment_id, run.info.run_id, run.info.run_name
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`bloodml.kind` = 'train'",
                               output_format="list", order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise SystemExit("no bloodml training run found; run `bloodml train` first")
-    return runs[0].info.experiment_id, runs[0].info.run_id
+    return runs[0].info.experiment_id, runs[0].info.run_id, runs[0].info.run_name
 
 
 def configuration_runs(study: str | None) -> tuple[str, list[str]]:
@@ -97,7 +97,7 @@ def shoot(page, url: str, ready: str, out: Path, expand: str | None = None, heig
     """Open ``url``, wait until the text ``ready`` shows, click ``expand`` (an aria-label) when present, and save
     the top ``height`` pixels as a small palette PNG."""
     page.goto(url)
-    page.wait_for_selector(f"text={ready}", timeout=60_000)
+    page.wait_for_selector(f"text={ready}", timeout=60_000)  # a text of the page's own content, not the sidebar's
     page.wait_for_timeout(2_000)  # charts and tables fill in after the first paint
     close_side_panels(page)
     if expand and page.locator(f'[aria-label="{expand}"]').count():
@@ -130,7 +130,7 @@ def main() -> int:
     except ImportError:
         raise SystemExit("Playwright is missing: pip install -e '.[docs]'")
     mlflow.set_tracking_uri(args.tracking_uri)
-    experiment, run_id = newest_training_run(args.run)
+    experiment, run_id, run_name = newest_training_run(args.run)
     study_experiment, study_runs = configuration_runs(args.study)
     model = champion_model(args.model)
     out = Path(args.out_dir)
@@ -142,7 +142,7 @@ def main() -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=browser_path(args.browser), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-            shoot(page, f"{base}/experiments/{experiment}/runs/{run_id}", "Datasets", out / "run_page.png",
+            shoot(page, f"{base}/experiments/{experiment}/runs/{run_id}", run_name, out / "run_page.png",
                   expand="Expand description")
             shoot(page, f"{base}/compare-runs?{compare}", "Parameters", out / "study_compare.png")
             shoot(page, f"{base}/models/{urllib.parse.quote(model)}", "champion", out / "registry.png", height=480)
