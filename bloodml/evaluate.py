@@ -20,7 +20,7 @@ from .predict import adapted_model, loaded_model, model_probabilities, domain_sh
 from .segmentation.source import with_masks_from
 from .runtime import say
 from .tracking.registry import model_uri, source_run
-from .tracking.runs import get_run, log_metrics, log_params, log_table, training_run
+from .tracking.runs import get_run, log_metrics, log_params, log_table, tracked_run
 from .tracking.store import configure_tracking
 
 
@@ -65,8 +65,8 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
     recall = recall_per_class(scored.confusion, classes)
     metrics.update({f"eval_recall_{name}": v for name, v in recall.items()})
     in_domain = source_metrics(reference)
-    with training_run(config.experiment, config.run_name or f"evaluate-{Path(str(config.data)).name}",
-                      tags={"bloodml.task": "evaluate", "model": reference, "masks_used": str(spec.masked).lower()}):
+    with tracked_run(config.experiment, config.run_name or f"evaluate-{Path(str(config.data)).name}",
+                     tags={"bloodml.task": "evaluate", "model": reference, "masks_used": str(spec.masked).lower()}):
         log_params({"model": reference, "data": config.data, "label_map": label_map or "(none)", "format": fmt,
                     "adapt_bn": config.adapt_bn, "test_blur": config.test_blur})
         log_metrics(metrics)

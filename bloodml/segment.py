@@ -40,7 +40,7 @@ from .tracking.buffer import MetricBuffer
 from .tracking.model import log_segmenter
 from .tracking.registry import register
 from .tracking.runs import log_folder, log_metrics, log_params, log_split_manifest, set_description, set_tags, \
-    training_run
+    tracked_run
 from .tracking.store import configure_tracking, ui_hint
 
 SPLITS = ("train", "val", "test")
@@ -112,8 +112,8 @@ def run_segment(config: RunConfig, register_as: str = "", data: PreparedData | N
     settings = section(config, SegmentSettings)
 
     uri = configure_tracking()
-    with training_run(config.experiment, config.run_name or f"segment-{config.backbone}", None,
-                      {"bloodml.task": "segment"}) as run:
+    with tracked_run(config.experiment, config.run_name or f"segment-{config.backbone}", None,
+                     {"bloodml.task": "segment"}) as run:
         log_params(segment_params(config))
         set_tags({"device_name": compute.name, "precision_used": compute.precision,
                   "threads": str(threads)})
@@ -193,8 +193,8 @@ def score_segmenter(reference: str, config: RunConfig) -> dict[str, float]:
     scores = {k: np.concatenate([s[k] for s in all_scores]) for k in all_scores[0]}
     metrics = {f"eval_{k}": v for k, v in summarise(scores, config.bootstrap, config.seed).items()}
     metrics["eval_images"] = float(len(table))
-    with training_run(config.experiment, config.run_name or f"segment-score-{Path(str(config.data)).name}", None,
-                      {"bloodml.task": "segment-evaluate", "model": segmenter.uri}):
+    with tracked_run(config.experiment, config.run_name or f"segment-score-{Path(str(config.data)).name}", None,
+                     {"bloodml.task": "segment-evaluate", "model": segmenter.uri}):
         log_params({"model": segmenter.uri, "data": config.data, "format": fmt})
         log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:

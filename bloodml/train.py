@@ -29,7 +29,7 @@ from .splitting.splits import dataset_name, manifest
 from .inputs.transforms import Augmentation, Preprocess, effective, fit_input_spec
 from .evaluation.calls import CallRule
 from .evaluation.groups import group_line
-from .evaluation.report import EvaluationSettings, evaluate
+from .evaluation.report import EvaluationSettings, Splits, evaluate
 from .evaluation.domain_shift import ShiftProfile, descriptors
 from .models.classifier import BloodCellClassifier, mean_probability_scores, tta_views
 from .models.head import head_for
@@ -40,7 +40,7 @@ from .tracking.buffer import MetricBuffer
 from .serving.image_model import log_image_model
 from .tracking.model import log_model
 from .tracking.runs import end_active_run, log_folder, log_metrics, log_params, log_split_manifest, logged_steps, \
-    resumed_run, set_description, set_tags, training_run
+    resumed_run, set_description, set_tags, tracked_run
 from .tracking.store import configure_tracking, ui_hint
 from .training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .training.features import FrozenFeatures, augmented_view
@@ -177,8 +177,8 @@ def build_trainer(config: RunConfig, spec: InputSpec, backbone, head, train: Ima
 @contextmanager
 def open_run(config: RunConfig, parent_run_id: str | None, tags: dict | None, resume_run_id: str | None):
     run_name = config.run_name or f"{config.backbone}-{config.masks}"
-    context = resumed_run(resume_run_id) if resume_run_id else training_run(config.experiment, run_name,
-                                                                            parent_run_id, tags)
+    context = resumed_run(resume_run_id) if resume_run_id else tracked_run(config.experiment, run_name,
+                                                                           parent_run_id, tags)
     with context as run:
         yield run
 
@@ -236,14 +236,15 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
     metrics = {"best_epoch": float(result.best_epoch), "stopped_epoch": float(result.stopped_epoch)}
     if built.feature_seconds is not None:  # frozen backbone: the cached feature step
         metrics["feature_seconds"] = built.feature_seconds
-    groups = {s: data.split(s)["group"].to_numpy() for s in ("val", "test")} if config.group_column else None
-    group_ids = ({s: data.split(s)["source_group"].to_numpy() for s in ("val", "test")}
-                 if config.group_column and "source_group" in data.table else None)
+    scored = ("val", "test")
+    splits = Splits(sets, {s: list(data.split(s)["path"]) for s in scored},
+                    {s: data.split(s)["group"].to_numpy() for s in scored} if config.group_column else {},
+                    {s: data.split(s)["source_group"].to_numpy() for s in scored}
+                    if config.group_column and "source_group" in data.table else {})
     with tempfile.TemporaryDirectory() as tmp:
-        metrics.update(evaluate(model, sets, {s: list(data.split(s)["path"]) for s in ("val", "test")},
-                                result.history, result.best_epoch,
-                                evaluation_settings(config, data.classes, plots, compute),
-                                Path(tmp), groups, group_ids, cached_scores(model, built, sets, compute)))
+        metrics.update(evaluate(model, splits, result.history, result.best_epoch,
+                                evaluation_settings(config, data.classes, plots, compute), Path(tmp),
+                                cached_scores(model, built, sets, compute)))
         log_folder(tmp, "evaluation")
         summary = Path(tmp) / "summary.md"  # not written without plots (a study's folds)
         set_description(run_description(config, data, summary.read_text() if summary.is_file() else "", metrics))

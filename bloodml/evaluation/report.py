@@ -8,7 +8,7 @@ misclassified.png, gradcam.png + saliency.csv (when masks exist), summary.md.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -58,16 +58,25 @@ def _hwc(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).numpy()
 
 
-def evaluate(model, sets: dict[str, ImageSet], paths: dict[str, list[str]], history: list, best_epoch: int,
-             settings: EvaluationSettings, out: Path, groups: dict | None = None,
-             group_ids: dict | None = None, scores: Callable[[str], torch.Tensor] | None = None) -> dict[str, float]:
-    """All metrics (val_final_*, test_*, calibration, saliency) and artefacts for a trained model. ``groups``
-    (split -> one group ID per image, e.g. patients): intervals resample whole groups. ``group_ids`` (split ->
-    the user's group of each image): one call per group too, group-level metrics (``*_group_*``, ``*_groups``) and
-    ``groups_<split>.csv``. ``scores(split)``: the model's scores on a split when the caller has them cheaper
-    than a pass over its images (a frozen backbone's cached features); by default the model runs on the images."""
-    groups = groups or {}
-    group_ids = group_ids or {}
+@dataclass(frozen=True)
+class Splits:
+    """The validation and test splits a run is scored on (split name -> value): the preloaded images, their files
+    and, when the data has groups, one ID per image whose groups the intervals resample whole (``resample``: copies
+    and patients) and the user's group of each image, called one by one (``group_ids``)."""
+
+    sets: dict[str, ImageSet]
+    paths: dict[str, list[str]]
+    resample: dict = field(default_factory=dict)
+    group_ids: dict = field(default_factory=dict)
+
+
+def evaluate(model, splits: Splits, history: list, best_epoch: int, settings: EvaluationSettings, out: Path,
+             scores: Callable[[str], torch.Tensor] | None = None) -> dict[str, float]:
+    """All metrics (val_final_*, test_*, calibration, saliency) and artefacts for a trained model; with group IDs,
+    one call per group too, group-level metrics (``*_group_*``, ``*_groups``) and ``groups_<split>.csv``.
+    ``scores(split)``: the model's scores on a split when the caller has them cheaper than a pass over its images
+    (a frozen backbone's cached features); by default the model runs on the images."""
+    sets, paths, groups, group_ids = splits.sets, splits.paths, splits.resample, splits.group_ids
     out.mkdir(parents=True, exist_ok=True)
     classes = list(model.class_names)
     metrics: dict[str, float] = {}

@@ -44,8 +44,19 @@ def _plot_question(question, scores, metric, path: Path, ylabel: str = "") -> Pa
 
 
 def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Path:
+    """The study's report (study_report.md) and its tables (results.csv, per_fold.csv, comparisons.csv) and plots
+    in ``out``: verdicts, results, comparisons, the background-only control, the leakage audit and the data."""
     out.mkdir(parents=True, exist_ok=True)
-    spec = result.spec
+    rows = _write_tables(result, out)
+    lines = (_header(result, table) + _results(result, rows) + _comparisons(result, out) + _control(result, table)
+             + _audit_and_data(result, table, notes))
+    report = out / "study_report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _write_tables(result, out: Path) -> list[dict]:
+    """results.csv (each configuration's mean, sd and interval per metric), per_fold.csv, comparisons.csv."""
     rows = []
     for name, per_metric in result.scores.items():
         row = {"configuration": name}
@@ -53,19 +64,19 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
             mean, std, low, high = mean_ci(np.array(per_metric[metric]))
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
         rows.append(row)
-    results = pd.DataFrame(rows)
-    results.to_csv(out / "results.csv", index=False)
+    pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
     per_fold = pd.DataFrame([{"configuration": n, "fold": i, **{m: v[m][i] for m in (*GROUP_METRICS, *METRICS)
                                                                  if m in v}}
                              for n, v in result.scores.items() for i in range(len(v[METRICS[0]]))])
     per_fold.to_csv(out / "per_fold.csv", index=False)
     pd.DataFrame([c.__dict__ | {"verdict": c.verdict()} for c in result.comparisons]).to_csv(
         out / "comparisons.csv", index=False)
+    return rows
 
-    first = next(iter(result.scores.values()), {})
-    groups_first = [k for k in GROUP_METRICS if all(k in v for v in result.scores.values())]  # per patient first
-    extra = [k for k in first if k not in METRICS + GROUP_METRICS and all(k in v for v in result.scores.values())]
-    columns = tuple(groups_first) + METRICS + tuple(extra)
+
+def _header(result, table: pd.DataFrame) -> list[str]:
+    """Title, data, protocol and the verdicts."""
+    spec = result.spec
     val_note = (", or the configuration's `val_fraction` where it is a factor (carved anew, the test parts unchanged)"
                 if any("val_fraction" in c.factors for c in spec.configurations) else "")
     protocol = (f"train on `{spec.base.data}` ({spec.repeats} seeds, each with its own stratified hold-out split), "
@@ -81,10 +92,20 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
              f"{spec.metric}. Wall time {result.seconds / 60:.1f} min.", "", "## Verdicts", ""]
     lines += [f"- **{c.question}** {c.verdict()}; Wilcoxon signed-rank p={c.wilcoxon_p:.3g}, "
               f"{c.n_folds} paired folds." for c in result.comparisons]
-    lines += ["", "Differences are (second - first) per fold; their 95 % interval comes from the corrected "
-              "resampled t-test (Nadeau & Bengio 2003), which widens the naive interval because training sets "
-              "overlap between folds. An interval that covers zero means no detectable difference.", "",
-              "## Results", ""]
+    return lines + ["", "Differences are (second - first) per fold; their 95 % interval comes from the corrected "
+                        "resampled t-test (Nadeau & Bengio 2003), which widens the naive interval because training "
+                        "sets overlap between folds. An interval that covers zero means no detectable difference.",
+                    ""]
+
+
+def _results(result, rows: list[dict]) -> list[str]:
+    """The results table: per group first (when the study scores groups), then per cell, then further scores."""
+    spec = result.spec
+    first = next(iter(result.scores.values()), {})
+    groups_first = [k for k in GROUP_METRICS if all(k in v for v in result.scores.values())]  # per patient first
+    extra = [k for k in first if k not in METRICS + GROUP_METRICS and all(k in v for v in result.scores.values())]
+    columns = tuple(groups_first) + METRICS + tuple(extra)
+    lines = ["## Results", ""]
     if groups_first:
         lines += [f"Per {spec.base.group_column} first (one call per {spec.base.group_column} from all its cells, "
                   f"by {spec.base.group_aggregate} unless the configuration says otherwise: `group_*`), then per "
@@ -101,39 +122,51 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
         lines += ["", "in_domain_macro_f1: the training dataset's own hold-out test split; shift_far_share: the share "
                       "of test images beyond the 99th percentile of the training images' colour, contrast and "
                       "sharpness; <name>_macro_f1: the further test datasets."]
-    lines += ["", "## Comparisons", ""]
+    return lines
+
+
+def _comparisons(result, out: Path) -> list[str]:
+    """One plot per question (per-fold dots with intervals)."""
+    spec = result.spec
+    lines = ["", "## Comparisons", ""]
     for i, question in enumerate(spec.questions):
         ylabel = (f"{spec.metric} on {Path(spec.tests[0]).stem}, per seed" if spec.protocol == "cross_dataset"
                   else "")
         path = _plot_question(question, result.scores, spec.metric, out / f"question_{i}.png", ylabel)
         lines += [f"### {question.name}", "", f"![{question.name}]({path.name})", ""]
-    background = [c.name for c in spec.configurations if c.control]  # the control configuration, by its flag
-    if background:
-        name = background[0]
-        balanced = np.array(result.scores[name]["balanced_accuracy"])
-        mean, _, low, high = mean_ci(balanced)
-        chance = 1 / table["label"].nunique()
-        lines += ["## Background-only control", "",
-                  f"With the cell masked out, balanced accuracy is {mean:.3f} (95% CI {low:.3f}-{high:.3f}) against "
-                  f"{chance:.3f} for guessing. " + ("The background alone predicts the label above chance: the "
-                                                     "dataset leaks its labels through acquisition or surroundings, "
-                                                     "so part of any whole-image score may not come from the cell."
-                                                     if low > chance else
-                                                     "No evidence that the background alone predicts the label."), ""]
+    return lines
+
+
+def _control(result, table: pd.DataFrame) -> list[str]:
+    """The background-only control (the configuration flagged as control) against guessing."""
+    background = [c.name for c in result.spec.configurations if c.control]
+    if not background:
+        return []
+    mean, _, low, high = mean_ci(np.array(result.scores[background[0]]["balanced_accuracy"]))
+    chance = 1 / table["label"].nunique()
+    return ["## Background-only control", "",
+            f"With the cell masked out, balanced accuracy is {mean:.3f} (95% CI {low:.3f}-{high:.3f}) against "
+            f"{chance:.3f} for guessing. " + ("The background alone predicts the label above chance: the "
+                                               "dataset leaks its labels through acquisition or surroundings, "
+                                               "so part of any whole-image score may not come from the cell."
+                                               if low > chance else
+                                               "No evidence that the background alone predicts the label."), ""]
+
+
+def _audit_and_data(result, table: pd.DataFrame, notes: list[str]) -> list[str]:
+    """The leakage audit of every fold, the images per class, the data notes and the files."""
+    spec = result.spec
     counts = table.groupby("label").size()
     groups = table.groupby("group").size()
-    lines += ["## Leakage audit", "",
-              f"Every fold was audited for images shared between its train, validation and test parts (same path, "
-              f"same bytes, or a near copy: hash distance <= {spec.base.near_duplicate_distance} in any flip/rotation "
-              f"or crop, confirmed by a fine-structure similarity >= {spec.base.copy_similarity}): "
-              f"**{result.leaks} leaks**. {int((groups > 1).sum())} groups of several images (copies, near copies "
-              f"or the data's own groups; {int(groups[groups > 1].sum())} images) were kept on one side of every "
-              f"split.", "",
-              "## Data", "", "| class | images |", "|---|---|"]
+    lines = ["## Leakage audit", "",
+             f"Every fold was audited for images shared between its train, validation and test parts (same path, "
+             f"same bytes, or a near copy: hash distance <= {spec.base.near_duplicate_distance} in any flip/rotation "
+             f"or crop, confirmed by a fine-structure similarity >= {spec.base.copy_similarity}): "
+             f"**{result.leaks} leaks**. {int((groups > 1).sum())} groups of several images (copies, near copies "
+             f"or the data's own groups; {int(groups[groups > 1].sum())} images) were kept on one side of every "
+             f"split.", "",
+             "## Data", "", "| class | images |", "|---|---|"]
     lines += [f"| {label} | {n} |" for label, n in counts.items()]
     lines += [""] + [f"- note: {n}" for n in notes]
-    lines += ["", "Files: [results.csv](results.csv), [per_fold.csv](per_fold.csv), "
-              "[comparisons.csv](comparisons.csv)."]
-    report = out / "study_report.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
+    return lines + ["", "Files: [results.csv](results.csv), [per_fold.csv](per_fold.csv), "
+                        "[comparisons.csv](comparisons.csv)."]

@@ -75,13 +75,29 @@ def _name(factors: dict[str, str]) -> str:
     return "__".join(f"{k}={v}" for k, v in factors.items())
 
 
+KNOWN_KEYS = {"name", "run", "settings", "protocol", "metric", "factors", "reference", "questions", "controls"}
+
+
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """A study file, every value checked as it is read (one line naming the file and where the value is):
+    the run configuration with the file's settings and ``overrides``, the protocol, the configurations (one factor
+    varied at a time from the reference, plus controls) and the questions."""
     source = f"study {path}"
     content = load_yaml(path)
-    known = {"name", "run", "settings", "protocol", "metric", "factors", "reference", "questions", "controls"}
-    unknown = set(content) - known
+    unknown = set(content) - KNOWN_KEYS
     if unknown:
-        raise BloodmlError(f"{source}: unknown key '{sorted(unknown)[0]}'; use {', '.join(sorted(known))}.")
+        raise BloodmlError(f"{source}: unknown key '{sorted(unknown)[0]}'; use {', '.join(sorted(KNOWN_KEYS))}.")
+    settings, base = _base_config(path, content, overrides, source)
+    spec = _protocol(path, content, base, source)
+    factors, reference = _factors(content, source)
+    controls = content.get("controls") or {}
+    spec.configurations = _configurations(factors, reference, controls, settings, base)
+    spec.questions = _questions(content, factors, reference, spec.configurations, source)
+    return spec
+
+
+def _base_config(path, content: dict, overrides: dict | None, source: str) -> tuple[dict, RunConfig]:
+    """The study's settings (the file's, then ``overrides``) and the run configuration they make."""
     run_file = content.get("run")
     if run_file and not Path(run_file).is_file():
         candidate = Path(path).parent / Path(run_file).name
@@ -89,7 +105,11 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     for name, value in (content.get("settings") or {}).items():  # the file's own values, the file named
         parameter_value(str(name), value, f"{source}, settings")
     settings = {**{k: str(v) for k, v in (content.get("settings") or {}).items()}, **(overrides or {})}
-    base = build_config(run_file, settings)
+    return settings, build_config(run_file, settings)
+
+
+def _protocol(path, content: dict, base: RunConfig, source: str) -> StudySpec:
+    """The spec's protocol (cv, holdout or cross_dataset with its test datasets) and metric."""
     protocol = dict(content.get("protocol") or {})
     kind = protocol.get("type", "cv")
     if kind not in ("cv", "holdout", "cross_dataset"):
@@ -103,23 +123,31 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
                      folds=int(protocol.get("folds", 5)), repeats=int(protocol.get("repeats", 3)),
                      val_fraction=float(protocol.get("val_fraction", 0.15)), metric=metric)
     if kind == "cross_dataset":  # train on the run file's data (its own hold-out split), test on other datasets
-        tests = protocol.get("test") or []
-        tests = [tests] if isinstance(tests, str) else list(tests)
-        if not tests:
-            raise BloodmlError(f"{source}: protocol cross_dataset needs test: [<run config of another dataset>, ...].")
-        resolved = []
-        for test in tests:
-            candidate = Path(test) if Path(test).is_file() else Path(path).parent / Path(test).name
-            if not candidate.is_file():
-                raise BloodmlError(f"{source}: test dataset config '{test}' not found; give a run configuration "
-                                   f"file (experiments/<name>.yaml).")
-            resolved.append(str(candidate))
-        spec.tests, spec.folds = resolved, 1
+        spec.tests, spec.folds = _test_datasets(path, protocol, source), 1
     if kind == "holdout":
         spec.folds, spec.repeats = 1, 1
     if spec.folds < 2 and kind == "cv":
         raise BloodmlError(f"{source}: folds must be at least 2 for cross-validation.")
+    return spec
 
+
+def _test_datasets(path, protocol: dict, source: str) -> list[str]:
+    tests = protocol.get("test") or []
+    tests = [tests] if isinstance(tests, str) else list(tests)
+    if not tests:
+        raise BloodmlError(f"{source}: protocol cross_dataset needs test: [<run config of another dataset>, ...].")
+    resolved = []
+    for test in tests:
+        candidate = Path(test) if Path(test).is_file() else Path(path).parent / Path(test).name
+        if not candidate.is_file():
+            raise BloodmlError(f"{source}: test dataset config '{test}' not found; give a run configuration "
+                               f"file (experiments/<name>.yaml).")
+        resolved.append(str(candidate))
+    return resolved
+
+
+def _factors(content: dict, source: str) -> tuple[dict, dict[str, str]]:
+    """The factors with their levels, and the reference level of each."""
     factors = {name: _levels(name, value, source) for name, value in (content.get("factors") or {}).items()}
     if not factors:
         raise BloodmlError(f"{source}: no factors; list at least one (e.g. masks: [none, cell]).")
@@ -128,33 +156,44 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         reference.setdefault(factor, next(iter(levels)))
         if reference[factor] not in levels:
             raise BloodmlError(f"{source}: reference level '{reference[factor]}' is not a level of '{factor}'.")
+    return factors, reference
 
-    def configuration(chosen: dict[str, str], control: bool = False, extra: dict | None = None) -> Configuration:
-        params: dict[str, Any] = {}
-        for factor, level in chosen.items():
-            params.update(factors.get(factor, {}).get(level, {}))  # a control's level is set by ``extra``
-        params.update(extra or {})
-        if "recipe" in params:  # a recipe level brings its preset; the file's settings and the command line win
-            params = {**RECIPES[str(params["recipe"])], **settings, **params}
-        if "augment_preset" in params:  # likewise an acquisition preset
-            params = {**AUGMENT_PRESETS[str(params["augment_preset"])], **settings, **params}
-        name = _name(chosen)
-        return Configuration(name, dict(chosen), replace(base, **params, run_name=name), control)
 
+def _configuration(chosen: dict[str, str], factors: dict, settings: dict, base: RunConfig, control: bool = False,
+                   extra: dict | None = None) -> Configuration:
+    params: dict[str, Any] = {}
+    for factor, level in chosen.items():
+        params.update(factors.get(factor, {}).get(level, {}))  # a control's level is set by ``extra``
+    params.update(extra or {})
+    if "recipe" in params:  # a recipe level brings its preset; the file's settings and the command line win
+        params = {**RECIPES[str(params["recipe"])], **settings, **params}
+    if "augment_preset" in params:  # likewise an acquisition preset
+        params = {**AUGMENT_PRESETS[str(params["augment_preset"])], **settings, **params}
+    name = _name(chosen)
+    return Configuration(name, dict(chosen), replace(base, **params, run_name=name), control)
+
+
+def _configurations(factors: dict, reference: dict, controls: dict, settings: dict,
+                    base: RunConfig) -> list[Configuration]:
+    """The reference, each factor's other levels (one factor varied at a time), then the controls."""
     seen: dict[str, Configuration] = {}
-    ref = configuration(reference)
-    seen[ref.name] = ref
-    for factor, levels in factors.items():
-        for level in levels:
-            item = configuration({**reference, factor: level})
-            seen.setdefault(item.name, item)
-    controls = content.get("controls") or {}
-    if controls.get("background_only"):
-        item = configuration({**reference, "masks": "background"} if "masks" in factors else
-                             {**reference, "control": "background_only"}, control=True, extra={"masks": "background"})
+    for chosen in [reference] + [{**reference, factor: level} for factor, levels in factors.items()
+                                 for level in levels]:
+        item = _configuration(chosen, factors, settings, base)
         seen.setdefault(item.name, item)
-    spec.configurations = list(seen.values())
+    if controls.get("background_only"):
+        item = _configuration({**reference, "masks": "background"} if "masks" in factors else
+                              {**reference, "control": "background_only"}, factors, settings, base, control=True,
+                              extra={"masks": "background"})
+        seen.setdefault(item.name, item)
+    return list(seen.values())
 
+
+def _questions(content: dict, factors: dict, reference: dict, configurations: list[Configuration],
+               source: str) -> list[Question]:
+    """Each question's pairs (reference vs each level, or consecutive levels with ``steps``), then the control's."""
+    questions = []
+    ref_name = _name(reference)
     for entry in content.get("questions") or [{"factor": f} for f in factors]:
         factor = entry.get("factor")
         if factor not in factors:
@@ -163,11 +202,10 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         if entry.get("steps"):  # consecutive levels: does each added technique help?
             pairs = list(zip(names[:-1], names[1:]))
         else:
-            ref_name = _name(reference)
             pairs = [(ref_name, n) for n in names if n != ref_name]
-        spec.questions.append(Question(str(entry.get("name") or f"Does {factor} matter?"), factor, pairs))
-    if controls.get("background_only"):
-        background = [c.name for c in spec.configurations if c.control][0]
-        spec.questions.append(Question("Background-only control: does the background alone predict the label?",
-                                       "control", [(background, ref.name)]))
-    return spec
+        questions.append(Question(str(entry.get("name") or f"Does {factor} matter?"), factor, pairs))
+    controls = [c.name for c in configurations if c.control]
+    if controls:
+        questions.append(Question("Background-only control: does the background alone predict the label?",
+                                  "control", [(controls[0], ref_name)]))
+    return questions

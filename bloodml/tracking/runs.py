@@ -58,8 +58,9 @@ def experiment_id(name: str) -> str:
 
 
 @contextmanager
-def training_run(experiment: str, run_name: str, parent_run_id: str | None = None, tags: dict | None = None):
-    """Start (or, under `mlflow run`, attach to) the active run; a child of ``parent_run_id`` when given.
+def tracked_run(experiment: str, run_name: str, parent_run_id: str | None = None, tags: dict | None = None):
+    """Start (or, under `mlflow run`, attach to) the active run of any command (train, evaluate, segment, ...); a
+    child of ``parent_run_id`` when given.
 
     Sets the experiment only when not launched by `mlflow run` (which names the run itself)."""
     if parent_run_id:
