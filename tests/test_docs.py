@@ -76,6 +76,7 @@ def project(tmp_path_factory):
 
 
 KEPT_OUT = {".venv", "out", "mlruns", "__pycache__"}  # the outputs' folder, MLflow's artefacts, caches
+STORES = {"mlflow.db", "mlflow.db.lock", "optuna.db"}  # the default MLflow and Optuna stores (git-ignored)
 
 
 def loose_files(work: Path) -> set[str]:
@@ -83,14 +84,14 @@ def loose_files(work: Path) -> set[str]:
     found = set()
     for folder, subfolders, files in os.walk(work):
         subfolders[:] = [name for name in subfolders if name not in KEPT_OUT and not name.endswith(".egg-info")]
-        found |= {str(Path(folder, name).relative_to(work)) for name in files}
+        found |= {str(Path(folder, name).relative_to(work)) for name in files if name not in STORES}
     return found
 
 
 @needs_wbc
 @pytest.mark.parametrize("document", DOCUMENTS, ids=[str(p.relative_to(REPO)) for p in DOCUMENTS])
 def test_the_documents_blocks_run_as_printed(document, project):
-    """... and leave nothing in the project folder but under out/ (and MLflow's own mlruns/)."""
+    """... and leave nothing in the project folder but under out/ (and MLflow's mlruns/ and the default stores)."""
     work, env = project
     before = loose_files(work)
     for marker, text in blocks(document):
