@@ -60,7 +60,7 @@ CATALOG = {
         about="Zheng et al., Micron 107:55-71, 2018 (Dataset 1: 300 white cells with expert masks; images from "
               "Jiangxi Tecom Science Corporation); GitHub zxaoyou/segmentation_WBC, GPL-3.0"),
 }
-# Datasets the README names that bloodml cannot fetch, and how to get them.
+# Datasets the docs name that bloodml cannot fetch, and how to get them.
 ELSEWHERE = {
     "all-idb2": "ALL-IDB2 images are given by their authors on request (https://scotti.di.unimi.it/all/); its masks "
                 "are on GitHub (Loddo & Putzu, MIT). Put the folder anywhere and pass data=<folder>.",
