@@ -33,7 +33,7 @@ def test_every_block_runs_or_says_why_not():
     for path in DOCUMENTS:
         for marker, _ in blocks(path):
             assert marker in MARKERS | {""}, f"{path.relative_to(REPO)}: a block marked '{marker}'; use one of {MARKERS}"
-    assert sum(1 for path in DOCUMENTS for marker, _ in blocks(path) if not marker) >= 6
+    assert sum(1 for path in DOCUMENTS for marker, _ in blocks(path) if not marker) >= 1
 
 
 def test_the_parameter_reference_is_generated_from_the_code():
@@ -113,8 +113,8 @@ MANUAL = [p for p in DOCUMENTS if any(marker == "manual" for marker, _ in blocks
 
 
 @needs_wbc
-@pytest.mark.skipif(not os.environ.get("BLOODML_DOCS_MANUAL"), reason="manual blocks (minutes to hours each) run "
-                    "when BLOODML_DOCS_MANUAL=1, by hand before a release; CI's 25 minutes cannot hold them")
+@pytest.mark.skipif(not os.environ.get("BLOODML_DOCS_MANUAL"), reason="the guides' manual blocks run when "
+                    "BLOODML_DOCS_MANUAL=1, by hand before a release; CI's 25 minutes cannot hold them")
 @pytest.mark.parametrize("document", MANUAL, ids=[str(p.relative_to(REPO)) for p in MANUAL])
 def test_the_documents_manual_blocks_run_as_printed(document, project):
     """The blocks fenced `manual`, after the document's own: `BLOODML_DOCS_MANUAL=1 pytest tests/test_docs.py`."""
