@@ -15,15 +15,11 @@ require_packages()  # before click and the rest: a Python without bloodml's pack
 
 import click  # noqa: E402
 
-from .config import GROUPS, PARAMETERS, build_config, command_parameters, commands_reading  # noqa: E402
+from .config import GROUPS, PARAMETERS, build_config, command_parameters, commands_reading, format_value  # noqa: E402
 from .errors import BloodmlError  # noqa: E402
 
 
 HELP_WIDTH = 110
-
-
-def _default_text(spec) -> str:
-    return str(spec.default).lower() if isinstance(spec.default, bool) else str(spec.default)
 
 
 def _one_line(text: str, width: int) -> str:
@@ -57,7 +53,7 @@ class RunCommand(click.Command):
             for name in names:
                 meta = PARAMETERS[name].metadata
                 choices = f" [{'|'.join(meta['choices'])}]" if meta["choices"] else ""
-                default = _default_text(PARAMETERS[name])
+                default = format_value(PARAMETERS[name].default)
                 tail = f"{choices} ({default or 'empty'})"
                 text = _one_line(meta["help"], HELP_WIDTH - left - 4 - len(tail)) + tail
                 formatter.write(f"  {f'--{name}':<{left}}{text}\n")
@@ -360,7 +356,7 @@ def params(group):
             meta = spec.metadata
             if meta["group"] != key:
                 continue
-            facts = [f"default {_default_text(spec) or '(empty)'}"]
+            facts = [f"default {format_value(spec.default) or '(empty)'}"]
             if meta["choices"]:
                 facts.append("one of " + ", ".join(meta["choices"]))
             if meta["low"] is not None:

@@ -189,7 +189,7 @@ class RunConfig:
 
     def to_params(self) -> dict[str, str]:
         """Every parameter as the string MLflow logs."""
-        return {f.name: _format(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: format_value(getattr(self, f.name)) for f in fields(self)}
 
 
 PARAMETERS = {f.name: f for f in fields(RunConfig)}
@@ -241,7 +241,8 @@ def section(config: "RunConfig", settings: type, prefix: str = "", **given: Any)
     return settings(**values, **given)
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A parameter's value as MLflow logs it and help shows it (booleans in lower case)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -281,7 +282,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             result = text
     except (ValueError, OverflowError):
         raise BloodmlError(f"{source}: {name}='{value}' is not a valid {kind.__name__}; e.g. "
-                           f"{name}={_format(spec.default) or '...'}.")
+                           f"{name}={format_value(spec.default) or '...'}.")
     meta = spec.metadata
     if name == "masks_from" and not (result in ("expert", "auto") or (result.startswith("model:") and result[6:])):
         raise BloodmlError(f"{source}: masks_from='{result}' is not allowed; use expert, auto (with segmenter=<uri>) "
@@ -374,4 +375,4 @@ def build_config(config_path: str | Path | None = None, overrides: dict[str, Any
 
 def replace(config: RunConfig, **changes: Any) -> RunConfig:
     """A validated copy with some values changed."""
-    return build_config(None, {**config.to_params(), **{k: _format(v) for k, v in changes.items()}})
+    return build_config(None, {**config.to_params(), **{k: format_value(v) for k, v in changes.items()}})

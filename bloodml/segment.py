@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import __version__
 from .compute import resolve as resolve_compute
-from .config import RunConfig, command_parameters, section
+from .config import RunConfig, command_parameters, format_value, section
 from .inputs.dataset import ImageSet, preload
 from .inputs.input_spec import InputSpec
 from .data.images import read_rgb
@@ -53,7 +53,7 @@ def segment_params(config: RunConfig) -> dict[str, str]:
     params = config.to_params()
     ran = {name: getattr(SEGMENT_AUGMENTATION, name) for name in GEOMETRY}
     return {**{name: params[name] for name in command_parameters("segment")},
-            **{name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in ran.items()}}
+            **{name: format_value(value) for name, value in ran.items()}}
 
 
 @dataclass

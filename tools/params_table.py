@@ -1,7 +1,7 @@
 """Write docs/reference/parameters.md from the RunConfig fields (the single source of truth):
 `python tools/params_table.py > docs/reference/parameters.md`; tests/test_docs.py checks it is current."""
 
-from bloodml.config import GROUPS, PARAMETERS, commands_reading
+from bloodml.config import GROUPS, PARAMETERS, commands_reading, format_value
 
 HEADER = """# Reference: run parameters
 
@@ -22,7 +22,7 @@ def table() -> str:
             meta = spec.metadata
             if meta["group"] != group:
                 continue
-            default = str(spec.default).lower() if isinstance(spec.default, bool) else spec.default
+            default = format_value(spec.default)
             default = f"`{default}`" if default != "" else "(empty)"
             choices = f" ({' / '.join(meta['choices'])})" if meta["choices"] else ""
             limits = f" [{meta['low']}, {meta['high']}]" if meta["low"] is not None else ""
