@@ -20,6 +20,14 @@ WARN_SHARE = 0.5  # warn when more than this share of the images is far
 _LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
+def input_descriptors(spec, images: torch.Tensor, regions: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """:func:`descriptors` of preloaded images as the network sees them (``spec``: their InputSpec), a batch at a
+    time: a pool of thousands of images never becomes float input all at once."""
+    parts = [descriptors(spec.network_input(images[i:i + batch], regions[i:i + batch]))
+             for i in range(0, len(images), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, 9), dtype=np.float32)
+
+
 def descriptors(x: torch.Tensor) -> np.ndarray:
     """Network input (N,3,S,S) float in [0,1], masked or not -> (N, 9) descriptors over the visible pixels."""
     x = x.detach().float().cpu()
