@@ -30,12 +30,13 @@ from .inputs.transforms import Augmentation, Preprocess, effective, fit_input_sp
 from .evaluation.calls import CallRule
 from .evaluation.groups import group_line
 from .evaluation.report import EvaluationSettings, Splits, evaluate
-from .evaluation.domain_shift import ShiftProfile, descriptors
+from .evaluation.domain_shift import ShiftProfile, input_descriptors
 from .models.classifier import BloodCellClassifier, mean_probability_scores, tta_views
 from .models.head import head_for
 from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
 from .segmentation.source import pinned, segmenter_for
+from .tracking.backbones import local_backbone
 from .tracking.buffer import MetricBuffer
 from .serving.image_model import log_image_model
 from .tracking.model import log_model
@@ -87,6 +88,17 @@ def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = Tru
 
 
 # --- the steps ---------------------------------------------------------------------------------------------------
+def build_backbone(config: RunConfig):
+    """The configured backbone: a name, or a pretrained backbone's URI (``models:/bloodml-backbone@pbc``) brought
+    to a local folder; a note when the run's input size differs from the one it was pretrained at."""
+    backbone = create_backbone(local_backbone(config.backbone), config.pretrained, config.weights, config.features,
+                               reference=config.backbone)
+    if backbone.card is not None and backbone.card.input_size != config.image_size:
+        say(f"note: {config.backbone} was pretrained at {backbone.card.input_size} px; this run uses image_size="
+            f"{config.image_size}")
+    return backbone
+
+
 def masks_source(spec: InputSpec):
     """The spec with its segmenter pinned to the run that logged it, and the segmenter (None: expert masks)."""
     if not spec.segmented:
@@ -240,7 +252,8 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
     splits = Splits(sets, {s: list(data.split(s)["path"]) for s in scored},
                     {s: data.split(s)["group"].to_numpy() for s in scored} if config.group_column else {},
                     {s: data.split(s)["source_group"].to_numpy() for s in scored}
-                    if config.group_column and "source_group" in data.table else {})
+                    if config.group_column and "source_group" in data.table else {},
+                    {s: data.split(s)["source"].to_numpy() for s in scored} if "source" in data.table else {})
     with tempfile.TemporaryDirectory() as tmp:
         metrics.update(evaluate(model, splits, result.history, result.best_epoch,
                                 evaluation_settings(config, data.classes, plots, compute), Path(tmp),
@@ -294,8 +307,8 @@ def run_description(config: RunConfig, data: PreparedData, summary: str, metrics
 
 def shift_profile(spec: InputSpec, sets: dict[str, ImageSet]) -> tuple[ShiftProfile, dict[str, float]]:
     """The training images' domain-shift profile, and the check on the run's own test split (about 1 % far)."""
-    profile = ShiftProfile.fit(descriptors(spec.network_input(sets["train"].images, sets["train"].regions)))
-    report = profile.report(descriptors(spec.network_input(sets["test"].images, sets["test"].regions)))
+    profile = ShiftProfile.fit(input_descriptors(spec, sets["train"].images, sets["train"].regions))
+    report = profile.report(input_descriptors(spec, sets["test"].images, sets["test"].regions))
     return profile, {f"test_{k}": v for k, v in report.items()}
 
 
@@ -305,7 +318,8 @@ def log_trained_model(model: BloodCellClassifier, config: RunConfig, test: Image
     image-in model that serves it, with a test image (and its mask) as the input example."""
     example = model.spec.network_input(test.images[:2], test.regions[:2])
     info = log_model(model.cpu().float(), example, {
-        "backbone": config.backbone, "features": config.features, "bloodml_version": __version__,
+        "backbone": model.backbone.architecture, "backbone_source": config.backbone, "features": config.features,
+        "bloodml_version": __version__,
         "tta": str(model.tta).lower(), "shift_profile": profile.to_dict(),
         **CallRule.of_run(config, model.class_names).metadata(model.class_names)})
     image, mask = example_files(test_files, model.spec)
@@ -334,7 +348,7 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     threads = configure(config.threads, config.seed)
     compute = resolve_compute(config.device, config.precision)
     started = time.perf_counter()
-    backbone = create_backbone(config.backbone, config.pretrained, config.weights, config.features)  # fail fast
+    backbone = build_backbone(config)  # fail fast
     data = data or prepare(config, progress=progress)
     describe_data(data)
     spec, segmenter = masks_source(InputSpec.from_config(config, backbone.mean, backbone.std))

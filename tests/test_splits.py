@@ -12,7 +12,7 @@ def synthetic_table(n_per_class=(40, 20, 10), groups=None):
     labels = [f"c{i}" for i, n in enumerate(n_per_class) for _ in range(n)]
     n = len(labels)
     return pd.DataFrame({"path": [f"/x/{i}.png" for i in range(n)], "label": labels, "mask_path": None,
-                         "group": groups if groups is not None else [None] * n, "source": "t",
+                         "group": groups if groups is not None else [None] * n, "origin": "t",
                          "sha256": [f"{i:064x}" for i in range(n)], "phash": [f"{(i * 0x9E3779B97F4A7C15) % 2**64:016x}" for i in range(n)]})
 
 

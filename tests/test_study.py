@@ -218,7 +218,9 @@ def test_every_shipped_study_file_loads(name, monkeypatch):
     """A study file in experiments/ with a misspelt parameter or level would fail only when a user runs it: each one
     is read here as `bloodml study` reads it (its run file, every configuration's parameters, its test datasets)."""
     monkeypatch.chdir(REPO)
-    spec = load_study(REPO / "experiments" / name, {"data": "unused"})
+    path = REPO / "experiments" / name
+    several = "leave_one_source_out" in path.read_text()  # its data collection is read for the sources' names only
+    spec = load_study(path, {} if several else {"data": "unused"})
     assert len(spec.configurations) >= 2 and spec.questions
 
 

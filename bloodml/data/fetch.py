@@ -66,6 +66,8 @@ ELSEWHERE = {
                 "are on GitHub (Loddo & Putzu, MIT). Put the folder anywhere and pass data=<folder>.",
     "bccd": "the bccd crops are made from two repositories (Shenggan/BCCD_Dataset boxes and ParthaPratimBanik's "
             "masks and labels, both MIT) as ../shared/data/README.md describes; bloodml does not build them yet.",
+    "pbc": "PBC (Acevedo et al., Data in Brief 30:105474, 2020; CC BY 4.0) is on Mendeley Data "
+           "(doi:10.17632/snkd93bnjr.1): unpack it and pass data=<folder> (one sub-folder per class).",
     "lymphocytosis-dev": "a development subset of the lymphocytosis set of Sahasrabudhe et al. (IEEE JBHI 2021); no "
                          "licence was found with its source, so bloodml does not redistribute or fetch it.",
 }
@@ -166,11 +168,13 @@ def development_copies() -> list[Path]:
 def locate(data: str) -> Path | None:
     """A dataset named by its catalog name (``data=wbc-zheng2018``): the development copy when there is one, else
     the cache, else fetched. None when ``data`` is not such a name (a path: the readers take it as it is)."""
-    if not data or data not in CATALOG or Path(data).exists():
+    if not data or data not in {**CATALOG, **ELSEWHERE} or Path(data).exists():
         return None
     for folder in development_copies():
         if (folder / data).is_dir():
             return folder / data
+    if data in ELSEWHERE:
+        known(data)  # how to get it, in one line
     cached = data_home() / data
     if is_complete(cached):
         return cached

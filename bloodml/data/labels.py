@@ -36,7 +36,7 @@ def apply_class_names(table: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFr
     if len(unknown):
         row = unknown.iloc[0]
         raise BloodmlError(
-            f"{row['source']}: unknown label '{row['label']}' (known: {', '.join(sorted(mapping))}); "
+            f"{row['origin']}: unknown label '{row['label']}' (known: {', '.join(sorted(mapping))}); "
             f"fix the row or add it to class_names, e.g. class_names='{row['label']}=<name>,...'."
         )
     return table.assign(label=table["label"].map(lambda v: mapping.get(v, v)))

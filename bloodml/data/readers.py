@@ -22,7 +22,7 @@ from .images import is_image_file
 from .masks import find_mask
 
 FORMATS = ("auto", "wbc", "manifest", "folders")
-TABLE_COLUMNS = ["path", "label", "mask_path", "group", "source"]
+TABLE_COLUMNS = ["path", "label", "mask_path", "group", "origin"]
 WBC_CLASS_NAMES = {"1": "neutrophil", "2": "lymphocyte", "3": "monocyte", "4": "eosinophil", "5": "basophil"}
 
 
@@ -144,11 +144,11 @@ def read_manifest(csv_path: Path, options: ReaderOptions) -> pd.DataFrame:
             "label": label,
             "mask_path": _inside(root, mask, where) if mask else None,
             "group": row[group_column] or None if group_column else None,
-            "source": where,
+            "origin": where,
         })
     missing = [row for row in rows if not row["path"].is_file()]
     if missing:
-        shown = ", ".join(f"line {row['source'].rsplit(':', 1)[1]} {row['path'].name}" for row in missing[:3])
+        shown = ", ".join(f"line {row['origin'].rsplit(':', 1)[1]} {row['path'].name}" for row in missing[:3])
         raise BloodmlError(f"{csv_path}: {len(missing)} of {len(rows)} rows name an image that does not exist ("
                            f"{shown}{', ...' if len(missing) > 3 else ''}); fix the paths (relative to the CSV's "
                            f"folder) or remove the rows.")
@@ -207,7 +207,7 @@ def read_wbc(folder: Path, options: ReaderOptions) -> pd.DataFrame:
             continue
         image = _inside(folder, by_number[number].name, where)
         mask = _inside(folder, masks[number].name, where) if number in masks else None
-        rows.append({"path": image, "label": row[label_col], "mask_path": mask, "group": None, "source": where})
+        rows.append({"path": image, "label": row[label_col], "mask_path": mask, "group": None, "origin": where})
     return _finish(rows, csv_path, unlabelled)
 
 
@@ -232,7 +232,7 @@ def read_folders(folder: Path, options: ReaderOptions) -> pd.DataFrame:
             _inside(folder, str(path.relative_to(folder)), str(path))
             mask = find_mask(path, masks_root) if masks_root is not None else None
             rows.append({"path": path, "label": class_dir.name, "mask_path": mask, "group": None,
-                         "source": str(path)})
+                         "origin": str(path)})
     return _finish(rows, folder, notes=notes)
 
 

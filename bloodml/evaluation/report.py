@@ -24,7 +24,7 @@ from .calibration import expected_calibration_error, fit_temperature, reliabilit
 from .calls import CallRule
 from .metrics import majority_rate
 from .saliency import gradcam_maps, image_scores, saliency_scores
-from .scoring import confusion_frame, predictions_frame, score
+from .scoring import confusion_frame, predictions_frame, score, source_scores
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class Splits:
     paths: dict[str, list[str]]
     resample: dict = field(default_factory=dict)
     group_ids: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)  # several sources: each image's source (scores per source too)
 
 
 def evaluate(model, splits: Splits, history: list, best_epoch: int, settings: EvaluationSettings, out: Path,
@@ -99,6 +100,7 @@ def evaluate(model, splits: Splits, history: list, best_epoch: int, settings: Ev
         scored = score(labels, probabilities, classes, prefix, rule, settings.n_boot, settings.seed,
                        resample=groups.get(split), group_ids=group_ids.get(split))
         metrics.update(scored.metrics)
+        metrics.update(source_scores(labels, probabilities, rule, splits.sources.get(split, ()), prefix))
         metrics[f"{split}_majority_rate"] = majority_rate(labels)
         metrics[f"{split}_ece"] = expected_calibration_error(labels, probabilities)
         predictions[split] = (labels, probabilities, scored)
@@ -197,6 +199,15 @@ def summary_markdown(metrics: dict, classes: list[str], best_epoch: int, binary:
     lines += [f"| majority-class rate | {metrics['val_majority_rate']:.3f} | {metrics['test_majority_rate']:.3f} |",
               f"| expected calibration error | {metrics['val_ece']:.3f} | {metrics['test_ece']:.3f} |", "",
               ci_basis(metrics.get("test_ci_groups", 0.0)), ""]
+    sources = sorted(k[len("test_source_"):-len("_n")] for k in metrics if k.startswith("test_source_")
+                     and k.endswith("_n"))
+    if sources:  # several sources: each one's test images scored on their own
+        lines += ["Test images per source (no intervals; the overall scores above carry them):", "",
+                  "| source | images | accuracy | balanced accuracy | macro-F1 |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {metrics[f'test_source_{name}_n']:.0f} | "
+                  + " | ".join(f"{metrics[f'test_source_{name}_{m}']:.3f}" for m in
+                               ("accuracy", "balanced_accuracy", "macro_f1")) + " |" for name in sources]
+        lines += [""]
     if "saliency_relevance_mass" in metrics:
         lines += [f"Grad-CAM on {metrics['saliency_images']:.0f} test images: relevance mass inside the cell "
                   f"{metrics['saliency_relevance_mass']:.3f} (chance {metrics['saliency_relevance_chance']:.3f}); "

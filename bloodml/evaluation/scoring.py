@@ -46,10 +46,30 @@ def score(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], pref
 
 
 def point_scores(truth: np.ndarray, probabilities: np.ndarray, rule: CallRule) -> dict[str, float]:
-    """Accuracy, balanced accuracy, macro-F1 and MCC of the calls, without intervals (a study's many folds)."""
+    """Accuracy, balanced accuracy, macro-F1 and MCC of the calls, without intervals (a study's many folds). The
+    macro average runs over the classes these images hold or were called (as scikit-learn's): a class that one
+    dataset lacks and that is never called does not count as a zero."""
     k = np.asarray(probabilities).shape[1]
     matrix = confusion_counts(np.asarray(truth), called(probabilities, rule.positive, rule.threshold), k)
+    present = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
+    matrix = matrix[np.ix_(present, present)]
     return {name: of(matrix) for name, of in POINT_SCORES.items()}
+
+
+def source_scores(truth: np.ndarray, probabilities: np.ndarray, rule: CallRule, sources,
+                  prefix: str) -> dict[str, float]:
+    """:func:`point_scores` of each source's images (``<prefix>source_<name>_<score>``) and their count; none when
+    the images come from one source."""
+    sources = np.asarray(sources)
+    if len(set(sources)) < 2:
+        return {}
+    out = {}
+    for name in sorted(set(sources)):
+        rows = sources == name
+        out.update({f"{prefix}source_{name}_{k}": v for k, v in
+                    point_scores(np.asarray(truth)[rows], np.asarray(probabilities)[rows], rule).items()})
+        out[f"{prefix}source_{name}_n"] = float(rows.sum())
+    return out
 
 
 def recall_per_class(confusion: np.ndarray, classes: list[str]) -> dict[str, float]:

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from ..config import RunConfig
+from ..config import PARAMETERS, RunConfig, replace as replace_config
 from ..errors import BloodmlError
 from ..runtime import say
 from .audit import find_leaks
@@ -19,6 +20,8 @@ from ..data.images import first_few
 from ..data.labels import apply_class_names, class_order, default_class_names, drop_rare_classes, group_binary, \
     merge_case_variants, parse_class_names
 from ..data.readers import ReaderOptions, read_dataset, unused_csv_note
+from ..data.sources import LAYOUT_OPTIONS, apply_label_map, check_across, is_collection, parse_sources, \
+    sample_per_class, source_name
 from .splits import assign_splits, check_group_labels, check_one_label_per_group, drop_conflicting_copies, \
     duplicate_groups
 
@@ -48,7 +51,49 @@ def reader_options(config: RunConfig) -> ReaderOptions:
 
 
 def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.DataFrame, str, Path, list[str]]:
-    """Samples with final class names, rare classes dropped. Returns (table, format, root, notes)."""
+    """Samples with final class names and their ``source``, rare classes dropped. Returns (table, format, root,
+    notes). ``data=`` may name several sources (a comma list or a data collection): each is read and labelled on
+    its own, mapped to the common class names, then pooled."""
+    if is_collection(config.data):
+        return read_sources(config, workdir)
+    table, fmt, root, notes = read_one(config, workdir)
+    table, rare = drop_rare_classes(binary(table, config), config.min_class_count)
+    return table.assign(source=source_name(config.data)), fmt, root, notes + rare
+
+
+def read_sources(config: RunConfig, workdir: Path | None = None) -> tuple[pd.DataFrame, str, Path, list[str]]:
+    """Every source of ``config.data``, each under its label map and cap, checked across sources, then pooled.
+    Groups (patients) are kept apart between sources; the root is the sources' common folder."""
+    sources = parse_sources(config.data)
+    tables, formats, roots, notes = {}, [], [], []
+    for source in sources:
+        defaults = {name: PARAMETERS[name].default for name in LAYOUT_OPTIONS}
+        sub = replace_config(config, **{**defaults, **source.options, "data": source.data})
+        try:
+            table, fmt, root, read_notes = read_one(sub, workdir)
+            table, mapped = apply_label_map(table, source)
+            table, sampled = sample_per_class(table, source, config.seed)
+        except BloodmlError as error:
+            message = str(error)
+            raise BloodmlError(message if source.name in message else f"source {source.name}: {message}") from None
+        tables[source.name] = table.assign(source=source.name, group=table["group"].map(
+            lambda g, name=source.name: f"{name}:{g}" if isinstance(g, str) and g else None))
+        formats.append(fmt)
+        roots.append(Path(root).resolve())
+        notes += [f"source {source.name}: {note}" for note in read_notes] + mapped + sampled
+    check_across(tables, sources)
+    table = binary(pd.concat(tables.values(), ignore_index=True), config)
+    table, rare = drop_rare_classes(table, config.min_class_count)
+    counts = table.groupby("source")["label"].agg(["size", "nunique"])
+    notes.append("sources: " + "; ".join(f"{name} {int(row['size'])} images, {int(row['nunique'])} classes"
+                                         for name, row in counts.loc[[s.name for s in sources
+                                                                      if s.name in counts.index]].iterrows()))
+    root = Path(os.path.commonpath([str(r) for r in roots]))
+    return table, "+".join(dict.fromkeys(formats)), root, notes + rare
+
+
+def read_one(config: RunConfig, workdir: Path | None = None) -> tuple[pd.DataFrame, str, Path, list[str]]:
+    """One dataset's samples with final class names (before rare classes are dropped)."""
     options = reader_options(config)
     table, fmt, root = read_dataset(locate(config.data) or config.data, options, workdir)
     read_notes = list(table.attrs.get("notes", []))  # rows the reader left out
@@ -56,10 +101,14 @@ def read_labelled(config: RunConfig, workdir: Path | None = None) -> tuple[pd.Da
     names = parse_class_names(config.class_names) if config.class_names else default_class_names(fmt)
     table = apply_class_names(table, names)
     table, merged = merge_case_variants(table)
-    if config.positive_classes:
-        table = group_binary(table, config.positive_classes.split(","), config.negative_name)
-    table, notes = drop_rare_classes(table, config.min_class_count)
-    return table, fmt, root, read_notes + ([unused] if unused else []) + merged + notes
+    return table, fmt, root, read_notes + ([unused] if unused else []) + merged
+
+
+def binary(table: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+    """positive_classes: the positive classes vs the rest (after every source's label map)."""
+    if not config.positive_classes:
+        return table
+    return group_binary(table, config.positive_classes.split(","), config.negative_name)
 
 
 # Images without a mask that a masked mode leaves out with a note (stragglers); more than this share is refused.

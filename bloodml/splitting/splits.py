@@ -16,7 +16,7 @@ from ..errors import BloodmlError
 from ..data.images import first_few
 
 SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ["path", "label", "group", "split", "sha256", "phash", "mask_path", "source_group"]
+MANIFEST_COLUMNS = ["path", "label", "group", "split", "sha256", "phash", "mask_path", "source_group", "source"]
 
 
 def duplicate_groups(table: pd.DataFrame, copies=()) -> pd.Series:
@@ -124,10 +124,11 @@ def assign_splits(table: pd.DataFrame, val_fraction: float, test_fraction: float
                 f"val_fraction={val_fraction}, test_fraction={test_fraction}; add images, raise the fractions, or "
                 f"drop it with min_class_count={n_groups + 1}."
             )
-    ids, labels = per_group.index.to_numpy(), per_group.to_numpy()
+    strata_of = table.assign(stratum=strata(table)).groupby("group", sort=True)["stratum"].first()
+    ids, labels = strata_of.index.to_numpy(), strata_of.to_numpy()
     try:
         rest_ids, test_ids = train_test_split(ids, test_size=test_share, stratify=labels, random_state=seed)
-        rest_labels = per_group.loc[rest_ids].to_numpy()
+        rest_labels = strata_of.loc[rest_ids].to_numpy()
         train_ids, val_ids = train_test_split(rest_ids, test_size=val_share, stratify=rest_labels,
                                               random_state=seed + 1)
     except ValueError as exc:
@@ -137,9 +138,28 @@ def assign_splits(table: pd.DataFrame, val_fraction: float, test_fraction: float
     return table
 
 
+MIN_STRATUM_GROUPS = 6  # a class of one source with fewer independent images is stratified by class alone
+
+
+def strata(table: pd.DataFrame) -> pd.Series:
+    """What a split stratifies on: the class, and with several sources the class within its source (so every split
+    holds each source's classes in proportion); a class too rare in one source to stratify is taken by class alone."""
+    if "source" not in table or table["source"].nunique() < 2:
+        return table["label"].astype(str)
+    joint = table["label"].astype(str) + "@" + table["source"].astype(str)
+    groups = table.assign(joint=joint).groupby("joint")["group"].nunique() if "group" in table else joint.value_counts()
+    rare = set(groups[groups < MIN_STRATUM_GROUPS].index)
+    return joint.where(~joint.isin(rare), table["label"].astype(str))
+
+
 def dataset_name(data: str | Path) -> str:
-    """How a dataset is called in the tracker: its folder's name, or a file's folder and name (a zip, a manifest)."""
+    """How a dataset is called in the tracker: its folder's name, or a file's folder and name (a zip, a manifest);
+    several sources: a collection file's name, or the sources' names joined by '+'."""
+    if "," in str(data):
+        return "+".join(Path(part.strip().rstrip("/")).name for part in str(data).split(","))
     path = Path(data)
+    if path.suffix.lower() in (".yaml", ".yml"):  # a data collection
+        return path.stem
     return f"{path.parent.name}/{path.name}" if path.suffix and path.parent.name else path.name or str(data)
 
 

@@ -48,8 +48,8 @@ def write_report(result, table: pd.DataFrame, notes: list[str], out: Path) -> Pa
     in ``out``: verdicts, results, comparisons, the background-only control, the leakage audit and the data."""
     out.mkdir(parents=True, exist_ok=True)
     rows = _write_tables(result, out)
-    lines = (_header(result, table) + _results(result, rows) + _comparisons(result, out) + _control(result, table)
-             + _audit_and_data(result, table, notes))
+    lines = (_header(result, table) + _results(result, rows) + _per_source(result, out) + _comparisons(result, out)
+             + _control(result, table) + _audit_and_data(result, table, notes))
     report = out / "study_report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
@@ -65,8 +65,9 @@ def _write_tables(result, out: Path) -> list[dict]:
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
         rows.append(row)
     pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
-    per_fold = pd.DataFrame([{"configuration": n, "fold": i, **{m: v[m][i] for m in (*GROUP_METRICS, *METRICS)
-                                                                 if m in v}}
+    held = {i: f.held_out for i, f in enumerate(result.folds) if f.held_out}
+    per_fold = pd.DataFrame([{"configuration": n, "fold": i, **({"held_out": held[i]} if held else {}),
+                              **{m: v[m][i] for m in (*GROUP_METRICS, *METRICS) if m in v}}
                              for n, v in result.scores.items() for i in range(len(v[METRICS[0]]))])
     per_fold.to_csv(out / "per_fold.csv", index=False)
     pd.DataFrame([c.__dict__ | {"verdict": c.verdict()} for c in result.comparisons]).to_csv(
@@ -82,6 +83,10 @@ def _header(result, table: pd.DataFrame) -> list[str]:
     protocol = (f"train on `{spec.base.data}` ({spec.repeats} seeds, each with its own stratified hold-out split), "
                 f"test on {', '.join(f'`{t}`' for t in spec.tests)}; compared: the first test dataset's scores"
                 if spec.protocol == "cross_dataset" else
+                f"leave one source out: each of {', '.join(f'`{h}`' for h in _held_out(result))} tested on in turn "
+                f"(all its images), trained on the other sources ({spec.repeats} seeds, each with its own "
+                f"{spec.val_fraction:.0%} validation split of the training sources); compared: the mean over "
+                f"held-out sources, paired by source and seed" if spec.protocol == "leave_one_source_out" else
                 f"{spec.repeats} x {spec.folds}-fold stratified, group-aware cross-validation "
                 f"(validation split of {spec.val_fraction:.0%} inside each training fold{val_note}; the same folds "
                 f"for every configuration)" if spec.protocol == "cv" else
@@ -123,6 +128,37 @@ def _results(result, rows: list[dict]) -> list[str]:
                       "of test images beyond the 99th percentile of the training images' colour, contrast and "
                       "sharpness; <name>_macro_f1: the further test datasets."]
     return lines
+
+
+def _held_out(result) -> list[str]:
+    return list(dict.fromkeys(f.held_out for f in result.folds if f.held_out))
+
+
+def _per_source(result, out: Path) -> list[str]:
+    """Leave one source out: each configuration's score on each held-out source (mean over seeds, and the range),
+    and per_source.csv. Settings are chosen on the mean over sources, never on one of them."""
+    sources = _held_out(result)
+    if not sources:
+        return []
+    metric = result.spec.metric
+    rows = []
+    for name, per_metric in result.scores.items():
+        for source in sources:
+            values = np.array([v for v, f in zip(per_metric[metric], result.folds) if f.held_out == source])
+            rows.append({"configuration": name, "held_out": source, f"{metric}_mean": float(np.mean(values)),
+                         f"{metric}_min": float(np.min(values)), f"{metric}_max": float(np.max(values)),
+                         "seeds": len(values)})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "per_source.csv", index=False)
+    lines = ["", f"## Per held-out source ({metric}: mean over seeds, range)", "",
+             "| configuration | " + " | ".join(sources) + " | mean over sources |", "|---|" + "---|" * (len(sources) + 1)]
+    for name in result.scores:
+        cells = [table[(table.configuration == name) & (table.held_out == s)].iloc[0] for s in sources]
+        lines.append(f"| {name} | " + " | ".join(f"{c[f'{metric}_mean']:.3f} ({c[f'{metric}_min']:.3f}-"
+                                                 f"{c[f'{metric}_max']:.3f})" for c in cells)
+                     + f" | {np.mean([c[f'{metric}_mean'] for c in cells]):.3f} |")
+    return lines + ["", "Choose settings on the mean over held-out sources: the best setting for one source is "
+                        "often not the best for the next instrument. [per_source.csv](per_source.csv)"]
 
 
 def _comparisons(result, out: Path) -> list[str]:

@@ -21,12 +21,13 @@ from ..models.registry import create_backbone
 from ..runtime import configure, say, show_progress
 from ..tracking.runs import adopt_launched_run, child_runs, create_run, find_runs, finish_run, log_folder, log_metrics, \
     reopen_run, set_description, set_tags
+from ..tracking.backbones import local_backbone
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import run_training
 from .cross_dataset import TestSet, load_test_sets, score_on
-from .protocol import Fold, repeated_group_kfold, validation_seed, with_validation_share
+from .protocol import Fold, leave_one_source_out, repeated_group_kfold, validation_seed, with_validation_share
 from .report import short_name, write_report
-from .spec import GROUP_METRICS, METRICS, Configuration, StudySpec
+from .spec import GROUP_METRICS, LOSO, METRICS, Configuration, StudySpec
 from .statistics import compare, mean_ci
 
 Scores = dict[str, dict[str, list[float]]]  # configuration -> metric -> per-fold test scores
@@ -37,6 +38,7 @@ class StudyResult:
     spec: StudySpec
     scores: Scores
     comparisons: list = field(default_factory=list)
+    folds: list = field(default_factory=list)
     leaks: int = 0
     report: Path | None = None
     parent_run_id: str = ""
@@ -46,7 +48,7 @@ class StudyResult:
 def check_backbones(spec: StudySpec) -> None:
     """Build every backbone once, so missing weights stop the study at once, not after hours."""
     for backbone, features in sorted({(c.config.backbone, c.config.features) for c in spec.configurations}):
-        create_backbone(backbone, spec.base.pretrained, spec.base.weights, features)
+        create_backbone(local_backbone(backbone), spec.base.pretrained, spec.base.weights, features, reference=backbone)
 
 
 def study_data(spec: StudySpec) -> PreparedData:
@@ -60,6 +62,9 @@ def study_folds(spec: StudySpec, data: PreparedData) -> list[Fold]:
         return [Fold(r, 0, tuple(assign_splits(data.table.drop(columns=["split"], errors="ignore"),
                                                spec.base.val_fraction, spec.base.test_fraction, spec.base.seed + r,
                                                data.copies)["split"])) for r in range(spec.repeats)]
+    if spec.protocol == LOSO:
+        return leave_one_source_out(data.table, spec.hold_out or list(dict.fromkeys(data.table["source"])),
+                                    spec.repeats, spec.val_fraction, spec.base.seed)
     if spec.protocol == "holdout":
         split = assign_splits(data.table.drop(columns=["split"], errors="ignore"), spec.base.val_fraction,
                               spec.base.test_fraction, spec.base.seed, data.copies)["split"]
@@ -130,7 +135,10 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
             split = with_validation_share(fold, data.table, configuration.config.val_fraction,
                                           validation_seed(spec.base.seed, fold.repeat, fold.fold)).split
         fold_data = dc_replace(data, table=data.table.assign(split=list(split)))
-        seed = configuration.config.seed + (fold.repeat if spec.protocol == "cross_dataset" else 0)
+        if "" in split:  # rows this fold leaves out (a held-out source's classes no training source has)
+            fold_data = dc_replace(fold_data, table=fold_data.table.loc[fold_data.table["split"] != ""].reset_index(
+                drop=True), copies=[])
+        seed = configuration.config.seed + (fold.repeat if spec.protocol in ("cross_dataset", LOSO) else 0)
         config = dc_replace(configuration.config, run_name=f"{configuration.name}-{fold.name}", gradcam_samples=0,
                             seed=seed)
         if spec.protocol == "cv" and "val_fraction" not in configuration.factors:  # the fold run logs the share used
@@ -174,7 +182,7 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
 def compare_configurations(spec: StudySpec, scores: Scores, ratio: float) -> list:
     """Each question's paired comparisons (corrected resampled t-test for cross-validation)."""
     return [compare(q.name, a, b, spec.metric, np.array(scores[a][spec.metric]), np.array(scores[b][spec.metric]),
-                    ratio if spec.protocol in ("cv", "cross_dataset") else 0.0, short_name(a, q.factor), short_name(b, q.factor))
+                    ratio if spec.protocol in ("cv", "cross_dataset", LOSO) else 0.0, short_name(a, q.factor), short_name(b, q.factor))
             for q in spec.questions for a, b in q.pairs]
 
 
@@ -213,7 +221,7 @@ def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult:
                 base.test_fraction / max(1.0 - base.val_fraction - base.test_fraction, 1e-9))
     ratio = float(np.mean(ratios)) if ratios else fallback
     scores = {c.name: scores[c.name] for c in spec.configurations}  # the study file's order
-    result = StudyResult(spec, scores, compare_configurations(spec, scores, ratio), leaks, None, parent,
+    result = StudyResult(spec, scores, compare_configurations(spec, scores, ratio), folds, leaks, None, parent,
                          time.perf_counter() - started)
     result.report = write_report(result, data.table, data.notes, out)
     close_study_run(result, out)

@@ -11,8 +11,11 @@ from typing import Any
 
 from ..config import (AUGMENT_PRESETS, PARAMETERS, RECIPES, RunConfig, build_config, load_yaml, parameter_value,
                       replace)
+from ..data.sources import is_collection, parse_sources
 from ..errors import BloodmlError
 
+LOSO = "leave_one_source_out"
+PROTOCOLS = ("cv", "holdout", "cross_dataset", LOSO)
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc")
 # With group_column: one call per group (patient), scored per group; the report puts them first.
 GROUP_METRICS = ("group_roc_auc", "group_balanced_accuracy", "group_accuracy", "group_sensitivity",
@@ -45,6 +48,7 @@ class StudySpec:
     metric: str
     configurations: list[Configuration] = field(default_factory=list)
     tests: list[str] = field(default_factory=list)  # cross_dataset: run configuration files of the test datasets
+    hold_out: list[str] = field(default_factory=list)  # leave_one_source_out: the sources tested on (all: empty)
     questions: list[Question] = field(default_factory=list)
 
 
@@ -112,8 +116,8 @@ def _protocol(path, content: dict, base: RunConfig, source: str) -> StudySpec:
     """The spec's protocol (cv, holdout or cross_dataset with its test datasets) and metric."""
     protocol = dict(content.get("protocol") or {})
     kind = protocol.get("type", "cv")
-    if kind not in ("cv", "holdout", "cross_dataset"):
-        raise BloodmlError(f"{source}: protocol type '{kind}' is unknown; use cv, holdout or cross_dataset.")
+    if kind not in PROTOCOLS:
+        raise BloodmlError(f"{source}: protocol type '{kind}' is unknown; use {', '.join(PROTOCOLS)}.")
     metric = content.get("metric", "macro_f1")
     if metric not in METRICS + GROUP_METRICS:
         raise BloodmlError(f"{source}: metric '{metric}' is unknown; use one of {', '.join(METRICS + GROUP_METRICS)}.")
@@ -126,6 +130,13 @@ def _protocol(path, content: dict, base: RunConfig, source: str) -> StudySpec:
         spec.tests, spec.folds = _test_datasets(path, protocol, source), 1
     if kind == "holdout":
         spec.folds, spec.repeats = 1, 1
+    if kind == LOSO:  # each listed source tested on, trained on the others; the data names several sources
+        held = protocol.get("hold_out") or []
+        spec.hold_out = [held] if isinstance(held, str) else [str(h) for h in held]
+        if not is_collection(base.data):
+            raise BloodmlError(f"{source}: protocol {LOSO} needs several sources in data= (a data collection or a "
+                               f"comma list), not '{base.data}'.")
+        spec.folds = len(spec.hold_out) or len(parse_sources(base.data))
     if spec.folds < 2 and kind == "cv":
         raise BloodmlError(f"{source}: folds must be at least 2 for cross-validation.")
     return spec

@@ -26,7 +26,7 @@ TASK, KIND = "bloodml.task", "bloodml.kind"
 # What the UI filters on (tags.`bloodml.kind` = 'fold'): a few kinds over bloodml's precise tasks.
 KIND_OF_TASK = {"train": "train", "tune-trial": "trial", "tune": "study", "study": "study",
                 "study-configuration": "study", "study-fold": "fold", "segment": "segment",
-                "segment-evaluate": "segment", "evaluate": "evaluate"}
+                "segment-evaluate": "segment", "evaluate": "evaluate", "pretrain": "pretrain"}
 DESCRIPTION = "mlflow.note.content"  # the run page's Description
 
 
@@ -191,12 +191,18 @@ def log_table(table: pd.DataFrame, artifact_file: str, run_id: str | None = None
 
 def log_split_manifest(manifest: pd.DataFrame, name: str, source: str, run_id: str | None = None) -> None:
     """The split manifest as ``split_manifest.csv``, and each split as an MLflow dataset (train, val, test; a
-    study's folds too) with the digest of what it holds."""
+    study's folds too) with the digest of what it holds; with several sources, each source's splits as its own
+    dataset."""
     log_table(manifest, "split_manifest.csv", run_id)
-    splits = {str(split): rows.reset_index(drop=True) for split, rows in manifest.groupby("split", sort=False)}
-    order = {"train": 0, "val": 1, "test": 2}
-    splits = dict(sorted(splits.items(), key=lambda item: order.get(item[0], 3)))
-    log_datasets(splits, name, source, {split: manifest_digest(rows) for split, rows in splits.items()}, run_id)
+    several = "source" in manifest and manifest["source"].nunique() > 1
+    parts = manifest.groupby("source", sort=False) if several else [(name, manifest)]
+    for dataset, rows_of_dataset in parts:  # several sources: one dataset per source, each split its context
+        splits = {str(split): rows.reset_index(drop=True) for split, rows in rows_of_dataset.groupby("split",
+                                                                                                      sort=False)}
+        order = {"train": 0, "val": 1, "test": 2}
+        splits = dict(sorted(splits.items(), key=lambda item: order.get(item[0], 3)))
+        log_datasets(splits, str(dataset), source, {split: manifest_digest(rows) for split, rows in splits.items()},
+                     run_id)
 
 
 def download_artifact(run_id: str, path: str, destination: str | Path) -> str:
