@@ -111,6 +111,30 @@ def train(config_path, resume_run_id, **values):
 
 
 @cli.command(cls=RunCommand)
+@run_options("pretrain")
+@click.option("--name", "register_name", default="bloodml-backbone", show_default=True,
+              help="register the backbone under this name in the Model Registry ('' : do not register)")
+@click.option("--alias", default="pbc", show_default=True, help="the alias moved to the new version")
+@click.option("--resume", "resume_run_id", default=None, metavar="RUN_ID",
+              help="continue an interrupted pretraining from its last complete epoch (its logged parameters)")
+def pretrain(config_path, register_name, alias, resume_run_id, **values):
+    """Fine-tune a backbone on a large labelled pool (default: pbc), log it as a backbone and register it;
+    prints its URI for backbone=models:/<name>@<alias>. Run parameters default to recipe=pretrain."""
+    from .pretrain import pretrain_config, run_pretrain
+
+    if resume_run_id:
+        from .tracking.runs import logged_params
+        from .tracking.store import configure_tracking
+
+        configure_tracking()
+        logged = logged_params(resume_run_id)
+        config = build_config(None, {k: v for k, v in logged.items() if k in PARAMETERS})
+    else:
+        config = pretrain_config(config_path, values)
+    run_pretrain(config, register_name, alias, resume_run_id)
+
+
+@cli.command(cls=RunCommand)
 @run_options("segment")
 @click.option("--register", "register_as", default="", metavar="NAME",
               help="register the segmenter under NAME in the Model Registry, alias champion")

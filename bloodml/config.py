@@ -25,10 +25,12 @@ class RunConfig:
     # --- recipe -----------------------------------------------------------------------------------------------
     recipe: str = _p("custom", "a named preset expanded into parameters (explicit values win; the run logs the "
                                 "expanded values): frozen = today's frozen-backbone defaults, finetune = full "
-                                "fine-tuning with AdamW, one-cycle schedule and test-time augmentation",
-                     ("custom", "frozen", "finetune"), group="recipe")
+                                "fine-tuning with AdamW, one-cycle schedule and test-time augmentation, pretrain = "
+                                "what `bloodml pretrain` fine-tunes a backbone with on a large pool (128 px, 4 "
+                                "epochs)", ("custom", "frozen", "finetune", "pretrain"), group="recipe")
     # --- data -------------------------------------------------------------------------------------------------
-    data: str = _p("", "dataset: a folder, a manifest .csv or a .zip", group="data")
+    data: str = _p("", "dataset: a folder, a manifest .csv or a .zip; several sources: a comma list of them or a data "
+                       "collection .yaml (docs/guides/public-data.md)", group="data")
     format: str = _p("auto", "dataset layout", ("auto", "wbc", "manifest", "folders"), group="data")
     manifest: str = _p("", "manifest/labels CSV inside the data folder (default: the only CSV there)", group="data")
     manifest_query: str = _p("", "manifest format: keep only the rows matching this pandas query, e.g. "
@@ -63,8 +65,9 @@ class RunConfig:
     test_fraction: float = _p(0.15, "test share of the images", low=0.01, high=0.9, group="split")
     seed: int = _p(42, "seed for the split, views and training", low=0, high=2**31 - 1, group="split")
     # --- model ------------------------------------------------------------------------------------------------
-    backbone: str = _p("efficientnet_lite0", "vgg16, resnet50, efficientnet_lite0/1/2 or any timm model name",
-                       group="model")
+    backbone: str = _p("efficientnet_lite0", "vgg16, resnet50, efficientnet_lite0/1/2, any timm model name, or a "
+                                             "pretrained backbone: models:/<name>@<alias> or runs:/<id>/backbone "
+                                             "(bloodml pretrain)", group="model")
     pretrained: bool = _p(True, "start from ImageNet weights", group="model")
     weights: str = _p("", "local state_dict file for the backbone (instead of downloading)", group="model")
     image_size: int = _p(128, "network input size in pixels (square)", low=16, high=1024, group="model")
@@ -213,6 +216,7 @@ COMMAND_PARAMETERS: dict[str, tuple[str, ...]] = {
     "segment": ("data", "split", "tracking", "backbone", "pretrained", "weights", "image_size", "epochs",
                 "batch_size", "lr", "weight_decay", "device", "precision", "threads", "bootstrap"),
     "segment-score": ("data", "tracking", "image_size", "bootstrap", "seed"),
+    "pretrain": _ALL,
     "data inspect": ("data", "split"),
 }
 
@@ -329,6 +333,15 @@ RECIPES: dict[str, dict[str, Any]] = {
                  "balance": "weights", "augment": True, "rotation": 180.0, "shift": 0.05, "shear": 0.0, "zoom": 0.15,
                  "hflip": True, "vflip": True, "brightness": 0.2, "patience": 0, "restore_best": False,
                  "dropout": 0.2, "tta": True},
+    # A backbone fine-tuned on a large labelled pool (bloodml pretrain): every layer, a few epochs at 128 px, scale
+    # and colour jitter so that it meets other instruments' cells at other sizes and stains.
+    "pretrain": {"finetune": "all", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "schedule": "onecycle",
+                 "warmup": 0.15, "backbone_lr_factor": 1.0, "epochs": 4, "batch_size": 48, "image_size": 128,
+                 "label_smoothing": 0.1, "balance": "none", "augment": True, "rotation": 180.0, "shift": 0.05,
+                 "shear": 0.0, "zoom": 0.25, "hflip": True, "vflip": True, "brightness": 0.2, "aug_gain": 0.1,
+                 "aug_saturation": 0.2, "aug_hue": 0.03, "patience": 0, "restore_best": False, "dropout": 0.2,
+                 "tta": False, "val_fraction": 0.1, "test_fraction": 0.15, "gradcam_samples": 0,
+                 "experiment": "bloodml-pretrain"},
 }
 
 

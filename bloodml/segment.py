@@ -36,6 +36,7 @@ from .segmentation.network import CellSegmenter, full_size
 from .segmentation.scores import per_image, summarise
 from .segmentation.source import loaded_segmenter, pinned
 from .segmentation.training import SegmentSettings, fit_segmenter, predict_regions
+from .tracking.backbones import local_backbone
 from .tracking.buffer import MetricBuffer
 from .tracking.model import log_segmenter
 from .tracking.registry import register
@@ -95,7 +96,8 @@ def run_segment(config: RunConfig, register_as: str = "", data: PreparedData | N
     threads = configure(config.threads, config.seed)
     compute = resolve_compute(config.device, config.precision)
     started = time.perf_counter()
-    backbone = create_backbone(config.backbone, config.pretrained, config.weights)
+    backbone = create_backbone(local_backbone(config.backbone), config.pretrained, config.weights,
+                               reference=config.backbone)
     if not backbone.stages:
         raise BloodmlError(f"backbone '{config.backbone}' lists no encoder stages; use efficientnet_lite0, resnet50, "
                            f"vgg16 or a timm model with feature_info.")

@@ -10,6 +10,7 @@ images than the ImageNet-specific final layer).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import timm
@@ -20,6 +21,7 @@ from torch import nn
 from ..inputs.input_spec import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import BloodmlError
 from . import weights as W
+from .backbone_card import BackboneCard, is_backbone_folder, load_weights, read_card
 
 FEATURES = ("final", "stages")
 POOLED_STAGES = 3  # features=stages: how many of the last stages are pooled
@@ -53,6 +55,8 @@ class Backbone(nn.Module):
         self.last_block = last_block  # dotted paths of the modules unfrozen by finetune=last
         self.stages = list(stages or [])  # dotted paths of the feature maps at each reduction (a segmenter's skips)
         self.pooled: list[str] = []  # features=stages: the stages whose maps are pooled
+        self.architecture = ""  # what create_backbone builds it from (a pretrained backbone: its card's)
+        self.card: BackboneCard | None = None  # a pretrained backbone's card (None: ImageNet or random weights)
 
     @property
     def features(self) -> str:
@@ -176,10 +180,30 @@ REGISTRY: dict[str, BackboneSpec] = {
 }
 
 
-def create_backbone(name: str, pretrained: bool = True, weights: str = "", features: str = "final") -> Backbone:
-    """Build a registered backbone, or any timm model by name; ``features`` as in :data:`FEATURES`."""
+def from_folder(folder: str, reference: str = "") -> Backbone:
+    """A pretrained backbone folder (``bloodml pretrain``): its architecture built bare, its weights loaded, its
+    card's mean and std as the preprocessing it expects."""
+    card = read_card(Path(folder), reference)
+    if card.architecture not in REGISTRY and card.architecture not in timm.list_models():
+        raise BloodmlError(f"backbone='{reference or folder}': its card names architecture '{card.architecture}', "
+                           f"which this bloodml cannot build; upgrade bloodml/timm or pass another backbone.")
+    backbone = create_backbone(card.architecture, pretrained=False)
+    W.load_into(backbone.body, load_weights(Path(folder), card, reference or folder), f"backbone {reference or folder}")
+    backbone.mean, backbone.std, backbone.card = tuple(card.mean), tuple(card.std), card
+    return backbone
+
+
+def create_backbone(name: str, pretrained: bool = True, weights: str = "", features: str = "final",
+                    reference: str = "") -> Backbone:
+    """Build a registered backbone, any timm model by name, or a pretrained backbone folder (``reference``: the
+    URI it was downloaded from, for messages); ``features`` as in :data:`FEATURES`."""
     if features not in FEATURES:
         raise BloodmlError(f"features='{features}' is unknown; use one of {', '.join(FEATURES)}.")
+    if is_backbone_folder(name):
+        backbone = from_folder(name, reference)
+        return backbone.use_stage_features(backbone.architecture) if features == "stages" else backbone
+    if name.startswith(("models:/", "runs:/")) or Path(name).is_dir():
+        read_card(Path(name), reference)  # a folder without a card, or a URI nobody downloaded: one line
     if name in REGISTRY:
         backbone = REGISTRY[name].build(pretrained, weights)
     elif name in timm.list_models():
@@ -187,6 +211,7 @@ def create_backbone(name: str, pretrained: bool = True, weights: str = "", featu
     else:
         close = timm.list_models(f"*{name[:6]}*")[:3] if name else []
         hint = f" (similar timm models: {', '.join(close)})" if close else ""
-        raise BloodmlError(f"backbone='{name}' is unknown{hint}; use one of {', '.join(REGISTRY)} or a timm model "
-                           f"name.")
+        raise BloodmlError(f"backbone='{name}' is unknown{hint}; use one of {', '.join(REGISTRY)}, a timm model "
+                           f"name, or a pretrained backbone (models:/<name>@<alias> from bloodml pretrain).")
+    backbone.architecture = name
     return backbone.use_stage_features(name) if features == "stages" else backbone
