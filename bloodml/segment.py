@@ -29,14 +29,13 @@ from .splitting.prepare import PreparedData, prepare, read_labelled
 from .splitting.splits import dataset_name, manifest
 from .inputs.transforms import GEOMETRY, Augmentation
 from .errors import BloodmlError
-from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
 from .segmentation.gallery import save_gallery
 from .segmentation.network import CellSegmenter, full_size
 from .segmentation.scores import per_image, summarise
 from .segmentation.source import loaded_segmenter, pinned
 from .segmentation.training import SegmentSettings, fit_segmenter, predict_regions
-from .tracking.backbones import local_backbone
+from .tracking.backbones import backbone_from
 from .tracking.buffer import MetricBuffer
 from .tracking.model import log_segmenter
 from .tracking.registry import register
@@ -96,8 +95,7 @@ def run_segment(config: RunConfig, register_as: str = "", data: PreparedData | N
     threads = configure(config.threads, config.seed)
     compute = resolve_compute(config.device, config.precision)
     started = time.perf_counter()
-    backbone = create_backbone(local_backbone(config.backbone), config.pretrained, config.weights,
-                               reference=config.backbone)
+    backbone = backbone_from(config.backbone, config.pretrained, config.weights)
     if not backbone.stages:
         raise BloodmlError(f"backbone '{config.backbone}' lists no encoder stages; use efficientnet_lite0, resnet50, "
                            f"vgg16 or a timm model with feature_info.")

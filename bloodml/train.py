@@ -33,10 +33,9 @@ from .evaluation.report import EvaluationSettings, Splits, evaluate
 from .evaluation.domain_shift import ShiftProfile, input_descriptors
 from .models.classifier import BloodCellClassifier, mean_probability_scores, tta_views
 from .models.head import head_for
-from .models.registry import create_backbone
 from .runtime import configure, say, show_progress
 from .segmentation.source import pinned, segmenter_for
-from .tracking.backbones import local_backbone
+from .tracking.backbones import backbone_from
 from .tracking.buffer import MetricBuffer
 from .serving.image_model import log_image_model
 from .tracking.model import log_model
@@ -91,8 +90,7 @@ def evaluation_settings(config: RunConfig, classes: list[str], plots: bool = Tru
 def build_backbone(config: RunConfig):
     """The configured backbone: a name, or a pretrained backbone's URI (``models:/bloodml-backbone@pbc``) brought
     to a local folder; a note when the run's input size differs from the one it was pretrained at."""
-    backbone = create_backbone(local_backbone(config.backbone), config.pretrained, config.weights, config.features,
-                               reference=config.backbone)
+    backbone = backbone_from(config.backbone, config.pretrained, config.weights, config.features)
     if backbone.card is not None and backbone.card.input_size != config.image_size:
         say(f"note: {config.backbone} was pretrained at {backbone.card.input_size} px; this run uses image_size="
             f"{config.image_size}")

@@ -17,11 +17,10 @@ from ..evaluation.calls import CallRule
 from ..splitting.audit import find_leaks
 from ..splitting.prepare import PreparedData, grouped_data
 from ..splitting.splits import assign_splits
-from ..models.registry import create_backbone
 from ..runtime import configure, say, show_progress
 from ..tracking.runs import adopt_launched_run, child_runs, create_run, find_runs, finish_run, log_folder, log_metrics, \
     reopen_run, set_description, set_tags
-from ..tracking.backbones import local_backbone
+from ..tracking.backbones import backbone_from
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import run_training
 from .cross_dataset import TestSet, load_test_sets, score_on
@@ -48,7 +47,7 @@ class StudyResult:
 def check_backbones(spec: StudySpec) -> None:
     """Build every backbone once, so missing weights stop the study at once, not after hours."""
     for backbone, features in sorted({(c.config.backbone, c.config.features) for c in spec.configurations}):
-        create_backbone(local_backbone(backbone), spec.base.pretrained, spec.base.weights, features, reference=backbone)
+        backbone_from(backbone, spec.base.pretrained, spec.base.weights, features)
 
 
 def study_data(spec: StudySpec) -> PreparedData:

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from ..runtime import cache_root
 from ..errors import BloodmlError
 from ..models.backbone_card import CARD, read_card
+from ..models.registry import Backbone, create_backbone
 from .registry import _permitted, set_alias
 from .store import configure_tracking
 
@@ -43,6 +44,12 @@ def local_backbone(reference: str) -> str:
                            f"alias or run ID and MLFLOW_TRACKING_URI (bloodml pretrain registers one).")
     read_card(folder, reference)  # not a backbone: one line naming the URI
     return str(folder)
+
+
+def backbone_from(reference: str, pretrained: bool = True, weights: str = "", features: str = "final") -> Backbone:
+    """The backbone ``reference`` names (a name, a folder, or a logged backbone's URI), built: the one place the
+    commands turn ``backbone=`` into a network."""
+    return create_backbone(local_backbone(reference), pretrained, weights, features, reference=reference)
 
 
 def _pinned(uri: str) -> str:
