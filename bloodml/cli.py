@@ -207,12 +207,76 @@ def study(study_file, out, sets, resume, **values):
 @cli.command("evaluate", cls=RunCommand)
 @click.option("-m", "--model", "reference", required=True, help="models:/<name>@<alias>, runs:/<id>/model or a run ID")
 @click.option("--label-map", default="", help="their label -> the model's class, e.g. 'LY=lymphocyte,NE=neutrophil'")
+@click.option("--unseen", is_flag=True, help="leave out the images the model was trained on (its split manifest; an "
+              "adapted model's labelled cells too)")
 @run_options("evaluate")
-def evaluate_cmd(reference, label_map, config_path, **values):
+def evaluate_cmd(reference, label_map, unseen, config_path, **values):
     """Score a trained model on another dataset (layout options as for train) and log it as its own run."""
     from .evaluate import evaluate_model
 
-    evaluate_model(reference, _config(config_path, values), label_map)
+    evaluate_model(reference, _config(config_path, values), label_map, unseen=unseen)
+
+
+@cli.command(cls=RunCommand)
+@click.option("-m", "--model", "reference", required=True,
+              help="the model to adapt: models:/<name>@<alias>, runs:/<id>/model or a run ID")
+@click.option("--register", "register_name", default="", metavar="NAME",
+              help="register the adapted model under NAME in the Model Registry")
+@click.option("--alias", default="", help="with --register: the alias to move, e.g. the instrument's name")
+@run_options("adapt")
+def adapt(reference, register_name, alias, config_path, **values):
+    """Adapt a trained model to a new instrument with a few labelled cells (--data: any layout bloodml reads, e.g.
+    the CSV bloodml suggest wrote, its label column filled in); logs a run that names its parent model."""
+    from .adapt import run_adapt
+
+    if alias and not register_name:
+        raise BloodmlError("--alias needs --register NAME (the registered model the alias belongs to).")
+    config = _config(config_path, values)
+    if not config.data:
+        raise BloodmlError("adapt needs --data: the new instrument's labelled cells (a CSV image,label[,mask], a "
+                           "folder per class, ...).")
+    run_adapt(reference, config, register_name, alias)
+
+
+@cli.command(cls=RunCommand)
+@click.option("-m", "--model", "reference", required=True, help="models:/<name>@<alias>, runs:/<id>/model or a run ID")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-n", "count", default=20, show_default=True, type=click.IntRange(1, 100000),
+              help="how many cells to suggest")
+@click.option("-o", "--output", default="to_label.csv", show_default=True,
+              help="the CSV to fill in (the contact sheet is written beside it, same name, .png)")
+@click.option("--masks-dir", "--masks_dir", "masks_dir", default="",
+              help="the masks, at the images' sub-paths (default: a masks folder beside the class folders)")
+@run_options("suggest")
+def suggest(reference, inputs, count, output, masks_dir, config_path, **values):
+    """Rank a new instrument's unlabelled cells (files, folders or a CSV) to label first; writes a CSV with an empty
+    label column for bloodml adapt, and a contact sheet of the picks."""
+    from .compute import resolve
+    from .suggest import suggest_cells
+    from .tracking.store import configure_tracking
+
+    target = _output_file(output, "to_label.csv")  # checked before the work, not after
+    sheet = target.with_suffix(".png")
+    from .runtime import configure
+
+    config = _config(config_path, values)
+    configure(config.threads, config.seed)
+    configure_tracking()
+    picked = suggest_cells(reference, list(inputs), count, target, masks_dir, config.near_duplicate_distance,
+                           config.copy_similarity, config.suggest_uncertainty,
+                           resolve(config.device, config.precision))
+    try:
+        picked.write(target)
+    except OSError as exc:
+        raise BloodmlError(f"{target}: cannot be written ({exc.strerror or exc}); free some space or pass another -o.")
+    if picked.copies:
+        click.echo(f"{len([c for c in picked.copies if '/masks/' not in str(c[1])])} picked cells lie outside "
+                   f"{target.parent}, where bloodml reads the CSV's images: copied into "
+                   f"{target.parent / (target.stem + '_cells')} (column original: where each came from)")
+    calls = picked.table["predicted"].value_counts()
+    click.echo(f"{len(picked.table)} cells to label first -> {target} (contact sheet {sheet}); the model calls them "
+               + ", ".join(f"{k} {v}" for k, v in calls.items())
+               + f". Fill in the label column, then: bloodml adapt -m {reference} --data {target}")
 
 
 @cli.command("audit-split")

@@ -186,6 +186,19 @@ class RunConfig:
                                       "positive", ("mean", "logodds", "topk", "share"), group="evaluation")
     group_top_k: int = _p(5, "group_aggregate=topk: how many of a group's most positive cells", low=1, high=100000,
                           group="evaluation")
+    # --- adapting to a new instrument (bloodml adapt, few_shot studies) ----------------------------------------
+    adapt_strategy: str = _p("joint", "how a trained model learns a new instrument's labelled cells: joint = its "
+                                      "source training images plus the new cells (weighted by target_weight), "
+                                      "head = the new cells alone; both retrain the head on frozen features",
+                             ("joint", "head"), group="adapt")
+    target_weight: float = _p(5.0, "adapt_strategy=joint: one new-instrument cell counts as this many source "
+                                   "images", low=1.0, high=1000.0, group="adapt")
+    adapt_epochs: int = _p(10, "adapting: epochs over the new cells (fixed: too few cells to stop early on)",
+                           low=1, high=10000, group="adapt")
+    suggest_uncertainty: float = _p(0.5, "suggest: how much the model's uncertainty counts against diversity when "
+                                          "ranking cells to label (1: the most uncertain first; 0: the most unlike "
+                                          "each other first, k-centre on the backbone's features)", low=0.0,
+                                    high=1.0, group="adapt")
     # --- tracking ---------------------------------------------------------------------------------------------
     experiment: str = _p("bloodml", "MLflow experiment name", group="tracking")
     run_name: str = _p("", "MLflow run name (default: backbone-masks)", group="tracking")
@@ -201,7 +214,8 @@ PARAMETERS = {f.name: f for f in fields(RunConfig)}
 GROUPS: dict[str, str] = {
     "recipe": "Recipe", "data": "Data", "split": "Split", "model": "Model", "preprocessing": "Masks and preprocessing",
     "augmentation": "Augmentation (training images only)", "balancing": "Balancing",
-    "training": "Training and compute", "evaluation": "Evaluation", "tracking": "Tracking",
+    "training": "Training and compute", "evaluation": "Evaluation",
+    "adapt": "Adapting to a new instrument", "tracking": "Tracking",
 }
 _ALL = tuple(GROUPS)
 _SCORING = ("threshold", "bootstrap", "group_aggregate", "group_top_k", "seed")
@@ -218,6 +232,10 @@ COMMAND_PARAMETERS: dict[str, tuple[str, ...]] = {
     "segment-score": ("data", "tracking", "image_size", "bootstrap", "seed"),
     "pretrain": _ALL,
     "data inspect": ("data", "split"),
+    "adapt": ("data", "adapt", "tracking", "lr", "batch_size", "seed", "device", "precision", "feature_cache",
+              "cache_dir", "threads"),
+    "suggest": ("suggest_uncertainty", "near_duplicate_distance", "copy_similarity", "device", "precision",
+                "threads"),
 }
 
 

@@ -19,6 +19,8 @@ from .evaluation.scoring import confusion_frame, predictions_frame, recall_per_c
 from .predict import adapted_model, loaded_model, model_probabilities, domain_shift_check
 from .segmentation.source import with_masks_from
 from .runtime import say
+from .data.checksums import file_sha256
+from .tracking.lineage import trained_on
 from .tracking.registry import model_uri, source_run
 from .tracking.runs import get_run, log_metrics, log_params, log_table, tracked_run
 from .tracking.store import configure_tracking
@@ -39,13 +41,15 @@ def relabelled(table: pd.DataFrame, label_map: str, classes: list[str], data: st
     return table
 
 
-def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32) -> dict[str, float]:
+def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32,
+                   unseen: bool = False) -> dict[str, float]:
     configure_tracking()
     model, classes, spec, profile = loaded_model(reference, network=config.adapt_bn)
     spec = with_masks_from(spec, config.masks_from, config.segmenter)
     table, fmt, root, notes = read_labelled(config)
     table = relabelled(table, label_map, classes, config.data)
     table = masked_rows(table, spec)
+    table = without_training_images(table, reference, unseen, config.data)
     require_masks(table, spec.mask_mode, spec.masks_from)
     paths, mask_paths = list(table["path"]), list(table["mask_path"])
     if config.adapt_bn:
@@ -68,7 +72,7 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
     with tracked_run(config.experiment, config.run_name or f"evaluate-{Path(str(config.data)).name}",
                      tags={"bloodml.task": "evaluate", "model": reference, "masks_used": str(spec.masked).lower()}):
         log_params({"model": reference, "data": config.data, "label_map": label_map or "(none)", "format": fmt,
-                    "adapt_bn": config.adapt_bn, "test_blur": config.test_blur})
+                    "adapt_bn": config.adapt_bn, "test_blur": config.test_blur, "unseen": str(unseen).lower()})
         log_metrics(metrics)
         log_table(predictions_frame(paths, truth, probabilities, classes, scored.predicted),
                   "evaluation/predictions.csv")
@@ -98,6 +102,26 @@ def source_metrics(reference: str) -> dict[str, float]:
         return dict(get_run(run_id).data.metrics) if run_id else {}
     except Exception:  # noqa: BLE001 - a model folder without a run: nothing to compare with
         return {}
+
+
+def without_training_images(table: pd.DataFrame, reference: str, unseen: bool, data: str) -> pd.DataFrame:
+    """The images the model was trained on (by content, from its run's split manifest; an adapted model's new
+    cells too) flatter it: said in one line, and left out with ``unseen``."""
+    seen = trained_on(reference)
+    if not seen:
+        return table
+    known = table["path"].map(file_sha256).isin(seen)
+    if not known.any():
+        return table
+    if not unseen:
+        say(f"note: {int(known.sum())} of these {len(table)} images were in the model's training data (its split "
+            f"manifest), so their scores flatter it; pass --unseen to leave them out")
+        return table
+    if known.all():
+        raise BloodmlError(f"{data}: all {len(table)} images were in the training data of {reference}; evaluate it "
+                           f"on images it has not seen.")
+    say(f"left out {int(known.sum())} of {len(table)} images the model was trained on (--unseen)")
+    return table.loc[~known].reset_index(drop=True)
 
 
 def masked_rows(table: pd.DataFrame, spec) -> pd.DataFrame:

@@ -15,7 +15,7 @@ LAYERS: list[tuple[tuple[str, ...], str]] = [
     (("tracking",), "MLflow, and only here: store, runs, models, registry, pyfunc"),
     (("segmentation",), "the cell segmenter: a model like any other"),
     (("serving",), "the served image model: image bytes in, class names out"),
-    (("predict", "evaluate", "train", "segment", "pretrain", "demo"), "commands, each a short list of named steps"),
+    (("predict", "evaluate", "train", "segment", "pretrain", "adapt", "suggest", "demo"), "commands, each a short list of named steps"),
     (("study", "tuning"), "built from many runs: studies, Optuna"),
     (("cli",), "a thin click layer"),
 ]

@@ -61,6 +61,8 @@ class TrainResult:
     model: BloodCellClassifier
     data: PreparedData
     shift_profile: ShiftProfile | None = None
+    sets: dict[str, ImageSet] | None = None  # the splits as the network saw them (few-shot studies reuse them)
+    features: FrozenFeatures | None = None  # frozen backbone: its features through the cache
 
 
 class StopRun(Exception):
@@ -377,4 +379,4 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
             f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")
         say(f"see it: {ui_hint(uri)}")
     return TrainResult(run.info.run_id, metrics, result.best_epoch, result.stopped_epoch, data.classes, uri, model, data,
-                       profile)
+                       profile, sets, built.features)

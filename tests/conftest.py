@@ -8,8 +8,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
+
+from bloodml.cache.store import clear_memory
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -31,6 +34,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)  # the URI is process-global in MLflow: reset it for every test
     monkeypatch.setenv("BLOODML_CACHE", str(tmp_path / "cache"))  # never the user's feature cache
+    clear_memory()  # nor features another test left in this process's memory
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.setenv("CI", os.environ.get("CI", "true"))
@@ -98,6 +102,30 @@ def make_folders(tmp_path):
         return root
 
     return build
+
+
+CLASSES = ("alpha", "beta", "gamma")
+
+
+def new_instrument(folder: Path, per_class: int, start: int = 5000, size: int = 24, csv: str = "cells.csv",
+                   labels: bool = True, textured: bool = False) -> Path:
+    """Cells of the same classes as another instrument would show them: warmer light, a darker background."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label in CLASSES:
+        for i in range(per_class):
+            seed = start + 100 * CLASSES.index(label) + i
+            image, _ = cell_image(label, seed, size=size)
+            if textured:  # each cell its own coarse texture, so distinct cells are not near copies of each other
+                grain = np.random.default_rng(seed).integers(0, 255, (6, 6), dtype=np.uint8)
+                grain = np.asarray(Image.fromarray(grain).resize((size, size), Image.BILINEAR), dtype=float)
+                image = image * 0.6 + grain[..., None] * 0.4
+            shifted = np.clip(image.astype(float) * [1.1, 0.9, 0.75], 0, 255).astype(np.uint8)
+            name = f"{label}_{i}.png"
+            Image.fromarray(shifted).save(folder / name)
+            rows.append({"image": name, "label": label if labels else ""})
+    pd.DataFrame(rows).to_csv(folder / csv, index=False)
+    return folder / csv
 
 
 def tiny_overrides(data: Path, **extra) -> dict:

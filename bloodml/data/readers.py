@@ -298,6 +298,8 @@ def _finish(rows: list[dict], source: Path, unlabelled: list[int] | None = None,
                      f"them")
     if notes:
         table.attrs["notes"] = notes
+    if unlabelled:
+        table.attrs["unlabelled_lines"] = list(unlabelled)  # for commands that refuse them (adapt)
     table["path"] = table["path"].map(str)
     table["mask_path"] = table["mask_path"].map(lambda p: str(p) if p is not None else None)
     duplicated = table["path"].duplicated()

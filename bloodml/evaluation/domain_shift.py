@@ -89,4 +89,6 @@ def warning(report: dict[str, float], n: int) -> str:
         return ""
     return (f"warning: {share:.0%} of these {n} images lie beyond the 99th percentile of the training images' "
             f"colour, contrast and sharpness (median distance {report['shift_median_distance']:.1f}x): they are "
-            f"unlike what the model learnt from (another instrument, stain or camera?); expect lower accuracy.")
+            f"unlike what the model learnt from (another instrument, stain or camera?); expect lower accuracy. The way "
+            f"out: label 20 or so of them (bloodml suggest picks which) and adapt the model to them (bloodml adapt); "
+            f"docs/guides/new-instrument.md.")

@@ -26,7 +26,8 @@ from ..train import run_training
 from .cross_dataset import TestSet, load_test_sets, score_on
 from .protocol import Fold, leave_one_source_out, repeated_group_kfold, validation_seed, with_validation_share
 from .report import short_name, write_report
-from .spec import GROUP_METRICS, LOSO, METRICS, Configuration, StudySpec
+from .few_shot import FewShotResult, run_few_shot
+from .spec import FEW_SHOT, GROUP_METRICS, LOSO, METRICS, Configuration, StudySpec
 from .statistics import compare, mean_ci
 
 Scores = dict[str, dict[str, list[float]]]  # configuration -> metric -> per-fold test scores
@@ -194,7 +195,12 @@ def close_study_run(result: StudyResult, out: Path) -> None:
     finish_run(result.parent_run_id)
 
 
-def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult:
+def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult | FewShotResult:
+    if spec.protocol == FEW_SHOT:  # a source model per draw, adapted per k and selection: its own runner
+        if resume:
+            say("note: --resume does not apply to few_shot studies (their runs take seconds each); running it whole")
+        check_backbones(spec)
+        return run_few_shot(spec, out, study_data(spec))
     started = time.perf_counter()
     configure(spec.base.threads, spec.base.seed)
     uri = configure_tracking()

@@ -15,7 +15,9 @@ from ..data.sources import is_collection, parse_sources
 from ..errors import BloodmlError
 
 LOSO = "leave_one_source_out"
-PROTOCOLS = ("cv", "holdout", "cross_dataset", LOSO)
+FEW_SHOT = "few_shot"
+PROTOCOLS = ("cv", "holdout", "cross_dataset", LOSO, FEW_SHOT)
+SELECTIONS = ("random", "suggested")  # few_shot: how the labelled target cells are chosen
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc")
 # With group_column: one call per group (patient), scored per group; the report puts them first.
 GROUP_METRICS = ("group_roc_auc", "group_balanced_accuracy", "group_accuracy", "group_sensitivity",
@@ -49,6 +51,9 @@ class StudySpec:
     configurations: list[Configuration] = field(default_factory=list)
     tests: list[str] = field(default_factory=list)  # cross_dataset: run configuration files of the test datasets
     hold_out: list[str] = field(default_factory=list)  # leave_one_source_out: the sources tested on (all: empty)
+    target: str = ""  # few_shot: the run configuration file of the new instrument's dataset
+    shots: list[int] = field(default_factory=list)  # few_shot: labelled target cells per class (0: not adapted)
+    selections: list[str] = field(default_factory=list)  # few_shot: random and/or suggested
     questions: list[Question] = field(default_factory=list)
 
 
@@ -137,16 +142,40 @@ def _protocol(path, content: dict, base: RunConfig, source: str) -> StudySpec:
             raise BloodmlError(f"{source}: protocol {LOSO} needs several sources in data= (a data collection or a "
                                f"comma list), not '{base.data}'.")
         spec.folds = len(spec.hold_out) or len(parse_sources(base.data))
+    if kind == FEW_SHOT:  # a source model per draw, adapted with k labelled cells per class of the target
+        _few_shot(path, protocol, spec, source)
     if spec.folds < 2 and kind == "cv":
         raise BloodmlError(f"{source}: folds must be at least 2 for cross-validation.")
     return spec
 
 
-def _test_datasets(path, protocol: dict, source: str) -> list[str]:
+def _few_shot(path, protocol: dict, spec: StudySpec, source: str) -> None:
+    """The few_shot protocol's target dataset, k values (per class) and selections; draws are its repeats."""
+    spec.target = _test_datasets(path, {"test": protocol.get("target")}, source, "few_shot", "target")[0]
+    shots = protocol.get("k", [0, 3, 5, 10])
+    try:
+        spec.shots = sorted({int(k) for k in ([shots] if isinstance(shots, (int, str)) else shots)})
+    except (TypeError, ValueError):
+        raise BloodmlError(f"{source}: protocol few_shot k: {shots!r} is not a list of whole numbers (cells per class).")
+    if not spec.shots or spec.shots[0] < 0:
+        raise BloodmlError(f"{source}: protocol few_shot k needs whole numbers >= 0 (cells per class), e.g. [0, 3, 5, 10].")
+    selections = protocol.get("selection", list(SELECTIONS))
+    spec.selections = [selections] if isinstance(selections, str) else [str(s) for s in selections]
+    unknown = [s for s in spec.selections if s not in SELECTIONS]
+    if unknown or not spec.selections:
+        raise BloodmlError(f"{source}: protocol few_shot selection '{(unknown or [''])[0]}' is unknown; use "
+                           f"{' and/or '.join(SELECTIONS)}.")
+    spec.repeats = int(protocol.get("repeats", protocol.get("draws", 5)))
+    spec.folds = 1
+    if spec.repeats < 2:
+        raise BloodmlError(f"{source}: protocol few_shot needs repeats >= 2 draws (paired verdicts need two).")
+
+
+def _test_datasets(path, protocol: dict, source: str, kind: str = "cross_dataset", key: str = "test") -> list[str]:
     tests = protocol.get("test") or []
     tests = [tests] if isinstance(tests, str) else list(tests)
     if not tests:
-        raise BloodmlError(f"{source}: protocol cross_dataset needs test: [<run config of another dataset>, ...].")
+        raise BloodmlError(f"{source}: protocol {kind} needs {key}: [<run config of another dataset>, ...].")
     resolved = []
     for test in tests:
         candidate = Path(test) if Path(test).is_file() else Path(path).parent / Path(test).name

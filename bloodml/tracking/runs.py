@@ -26,7 +26,8 @@ TASK, KIND = "bloodml.task", "bloodml.kind"
 # What the UI filters on (tags.`bloodml.kind` = 'fold'): a few kinds over bloodml's precise tasks.
 KIND_OF_TASK = {"train": "train", "tune-trial": "trial", "tune": "study", "study": "study",
                 "study-configuration": "study", "study-fold": "fold", "segment": "segment",
-                "segment-evaluate": "segment", "evaluate": "evaluate", "pretrain": "pretrain"}
+                "segment-evaluate": "segment", "evaluate": "evaluate", "pretrain": "pretrain",
+                "adapt": "adapt", "suggest": "suggest"}
 DESCRIPTION = "mlflow.note.content"  # the run page's Description
 
 
