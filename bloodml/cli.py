@@ -171,14 +171,17 @@ def segment_score(reference, config_path, **values):
 @click.option("--space", default="", help="YAML search space replacing the default (experiments/tune_space.yaml)")
 @click.option("--pruner", default="median", show_default=True, help="median, halving or none")
 @click.option("--model_name", "--model-name", "model_name", default="", help="registry name (default from data)")
-def tune(config_path, n_trials, timeout, study_name, storage, objective, space, pruner, model_name, **values):
+@click.option("--refit", is_flag=True, help="then train the best trial's configuration on all the data (bloodml "
+              "refit) and register it as @refit")
+def tune(config_path, n_trials, timeout, study_name, storage, objective, space, pruner, model_name, refit,
+         **values):
     """Optuna search over augmentation and regularisation; registers the best model as @champion."""
     from .tuning.study import TuneSettings, tune as run_tune
 
     storage = storage or os.environ.get("BLOODML_OPTUNA_STORAGE") or "sqlite:///optuna.db"
     run_tune(_config(config_path, values), TuneSettings(n_trials=n_trials, timeout=timeout, study_name=study_name,
                                                        storage=storage, objective=objective, space=space,
-                                                       pruner=pruner, model_name=model_name))
+                                                       pruner=pruner, model_name=model_name, refit=refit))
 
 
 @cli.command(cls=RunCommand)
@@ -204,6 +207,52 @@ def study(study_file, out, sets, resume, **values):
                                      "the report folder"), resume=resume)
 
 
+@cli.command(cls=RunCommand)
+@click.option("--study", default="", metavar="RUN_ID", help="refit this study's best configuration (its parent run)")
+@click.option("--stopping", type=click.Choice(["share", "epochs"]), default="share", show_default=True,
+              help="how long to train without a test split: early stopping on a validation share (share), or the "
+                   "median best epoch of the study's folds (epochs)")
+@click.option("--val-share", "val_share", type=float, default=0.1, show_default=True,
+              help="--stopping share: the validation share (whole groups)")
+@click.option("--register", "register_name", default="", metavar="NAME", help="register the refit model under NAME")
+@click.option("--alias", default="", help="with --register: an alias to point at the new version")
+@click.option("--champion", type=click.BOOL, default=False, show_default=True,
+              help="with --register: move @champion to it too (true; only when asked)")
+@click.option("--estimate", type=click.BOOL, default=True, show_default=True,
+              help="without --study: cross-validate the configuration first (a one-configuration study, "
+                   "--estimate-folds x --estimate-repeats), so the refit carries an expected performance")
+@click.option("--estimate-folds", "--estimate_folds", "estimate_folds", type=click.IntRange(2, 20), default=5,
+              show_default=True)
+@click.option("--estimate-repeats", "--estimate_repeats", "estimate_repeats", type=click.IntRange(1, 20), default=3,
+              show_default=True)
+@click.option("--out", default="", help="with --estimate: the estimate's report folder (default study-estimate-<name>)")
+@run_options("refit")
+def refit(study, stopping, val_share, register_name, alias, champion, estimate, estimate_folds, estimate_repeats, out,
+          config_path, **values):
+    """Train the chosen configuration (a study's best, or --config) on all the data, carrying the study's estimate
+    as its expected performance."""
+    from .refit import run_refit
+    from .study.estimate import estimate_and_refit
+
+    overrides = {k: v for k, v in values.items() if v is not None}
+    if study and config_path:
+        raise BloodmlError("refit: give --study or --config, not both (a study's configuration is its own).")
+    options = dict(stopping=stopping, val_share=val_share, register_name=register_name, alias=alias,
+                   champion=champion)
+    if study:
+        run_refit(study, None, overrides, **options)
+        return
+    config = _config(config_path, values)
+    if not estimate:
+        run_refit("", config, overrides, **options)
+        return
+    from .study.estimate import estimate_name
+
+    folder = _writable_folder(Path(out or f"study-{estimate_name(config)}")
+                              .expanduser(), f"--out {out}" if out else "the estimate's report folder")
+    estimate_and_refit(config, folder, estimate_folds, estimate_repeats, overrides=overrides, **options)
+
+
 @cli.command("evaluate", cls=RunCommand)
 @click.option("-m", "--model", "reference", required=True, help="models:/<name>@<alias>, runs:/<id>/model or a run ID")
 @click.option("--label-map", default="", help="their label -> the model's class, e.g. 'LY=lymphocyte,NE=neutrophil'")
@@ -212,8 +261,12 @@ def study(study_file, out, sets, resume, **values):
 @run_options("evaluate")
 def evaluate_cmd(reference, label_map, unseen, config_path, **values):
     """Score a trained model on another dataset (layout options as for train) and log it as its own run."""
-    from .evaluate import evaluate_model
+    from .evaluate import as_trained, evaluate_model
+    from .tracking.store import configure_tracking
 
+    if not config_path:  # read as the model's training data was, unless told otherwise
+        configure_tracking()
+        values = as_trained(reference, {k: v for k, v in values.items() if v is not None})
     evaluate_model(reference, _config(config_path, values), label_map, unseen=unseen)
 
 
@@ -350,13 +403,16 @@ def register(run_id, name, alias):
                    "image's folder); writes <output>_groups.csv")
 @click.option("--group-aggregate", "--group_aggregate", "group_aggregate", default="",
               help="how a group's cells make one call: mean, logodds, topk, share (default: as the model was trained)")
+@click.option("--group-covariates", "--group_covariates", "group_covariates", default="",
+              metavar="CSV:COLUMNS", help="a model that calls patients from their covariates too: the new "
+              "patients' table and columns, e.g. patients.csv:lymph_count,year_of_birth")
 @click.option("--adapt-bn", "--adapt_bn", "adapt_bn", type=bool, is_flag=False, flag_value=True, default=False,
               help="another instrument: re-estimate the model's batch-norm statistics on these images first (AdaBN)")
 @click.option("--test-blur", "--test_blur", "test_blur", type=click.FloatRange(0.0, 10.0), default=0.0,
               help="blur the images (Gaussian sigma, pixels of the network input) to match a blurrier training "
                    "instrument")
 def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter, image_column, group_column,
-            group_aggregate, adapt_bn, test_blur):
+            group_aggregate, group_covariates, adapt_bn, test_blur):
     """Classify images (files, folders or a CSV listing them) with a trained model; writes a CSV of labels and
     probabilities, and with --group-column one row per group too."""
     from .predict import predict_images
@@ -366,7 +422,8 @@ def predict(reference, inputs, masks_dir, output, pattern, masks_from, segmenter
     configure_tracking()
     table, groups = predict_images(reference, list(inputs), masks_dir, pattern=pattern, masks_from=masks_from,
                                    segmenter=segmenter, image_column=image_column, group_column=group_column,
-                                   group_aggregate=group_aggregate, adapt_bn=adapt_bn, test_blur=test_blur)
+                                   group_aggregate=group_aggregate, adapt_bn=adapt_bn, test_blur=test_blur,
+                                   group_covariates=group_covariates)
     _write_csv(table, target)
     counts = table["predicted_label"].value_counts()
     click.echo(f"{len(table)} images -> {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

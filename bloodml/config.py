@@ -61,8 +61,11 @@ class RunConfig:
     copy_similarity: float = _p(0.76, "near copies: fine-structure correlation, after registering the pair, from "
                                       "which a candidate counts as the same image", low=0.0, high=1.0, group="data")
     # --- split ------------------------------------------------------------------------------------------------
-    val_fraction: float = _p(0.15, "validation share of the images", low=0.01, high=0.9, group="split")
-    test_fraction: float = _p(0.15, "test share of the images", low=0.01, high=0.9, group="split")
+    val_fraction: float = _p(0.15, "validation share of the images (0, in cross-validation studies and refit: no "
+                                   "validation split; training runs every epoch and keeps the last)", low=0.0,
+                             high=0.9, group="split")
+    test_fraction: float = _p(0.15, "test share of the images (0 in a refit: every image trains the final model)",
+                              low=0.0, high=0.9, group="split")
     seed: int = _p(42, "seed for the split, views and training", low=0, high=2**31 - 1, group="split")
     # --- model ------------------------------------------------------------------------------------------------
     backbone: str = _p("efficientnet_lite0", "vgg16, resnet50, efficientnet_lite0/1/2, any timm model name, or a "
@@ -182,10 +185,20 @@ class RunConfig:
     bootstrap: int = _p(1000, "bootstrap resamples for confidence intervals", low=100, high=100000,
                         group="evaluation")
     group_aggregate: str = _p("mean", "group_column: how a group's cells make one call: the mean probability, the "
-                                      "mean log-odds, the mean of the top-k cells, or the share of cells called "
-                                      "positive", ("mean", "logodds", "topk", "share"), group="evaluation")
+                                      "mean log-odds, the mean of the top-k cells, the share of cells called "
+                                      "positive, or a gated attention pooling learnt over the cells' features "
+                                      "(two classes, frozen backbone)", ("mean", "logodds", "topk", "share",
+                                                                         "attention"), group="evaluation")
     group_top_k: int = _p(5, "group_aggregate=topk: how many of a group's most positive cells", low=1, high=100000,
                           group="evaluation")
+    group_covariates: str = _p("", "group_column: a patients table and its numeric columns, "
+                                   "<csv>:<column>,<column> (e.g. patients.csv:lymph_count,year_of_birth; the path "
+                                   "from the working folder or the data folder), joined on the group column and "
+                                   "standardised on the training patients", group="evaluation")
+    group_inputs: str = _p("auto", "group_column: what a patient's call rests on: its cells (image), its covariates "
+                                   "alone, or both (a logistic regression on the cells' evidence, out-of-fold, and "
+                                   "the covariates); auto: both with group_covariates, else image",
+                           ("auto", "image", "covariates", "both"), group="evaluation")
     # --- adapting to a new instrument (bloodml adapt, few_shot studies) ----------------------------------------
     adapt_strategy: str = _p("joint", "how a trained model learns a new instrument's labelled cells: joint = its "
                                       "source training images plus the new cells (weighted by target_weight), "
@@ -218,12 +231,13 @@ GROUPS: dict[str, str] = {
     "adapt": "Adapting to a new instrument", "tracking": "Tracking",
 }
 _ALL = tuple(GROUPS)
-_SCORING = ("threshold", "bootstrap", "group_aggregate", "group_top_k", "seed")
+_SCORING = ("threshold", "bootstrap", "group_aggregate", "group_top_k", "group_covariates", "seed")
 
 # Which run parameters each command reads: whole groups by name, single parameters by theirs. A command takes these
 # as options and no others; `mlflow run` entry points that train (main, tune, study) take every one.
 COMMAND_PARAMETERS: dict[str, tuple[str, ...]] = {
     "train": _ALL,
+    "refit": _ALL,
     "tune": _ALL,
     "study": _ALL,
     "evaluate": ("data", "tracking", "masks_from", "segmenter", "adapt_bn", "test_blur") + _SCORING,
@@ -401,7 +415,26 @@ def build_config(config_path: str | Path | None = None, overrides: dict[str, Any
     if config.val_fraction + config.test_fraction >= 0.95:
         raise BloodmlError(f"val_fraction + test_fraction = {config.val_fraction + config.test_fraction:.2f} leaves "
                            f"too little to train on; keep their sum under 0.95.")
+    patient_model = config.group_aggregate == "attention" or config.group_covariates or config.group_inputs in (
+        "covariates", "both")
+    if patient_model and not config.group_column:
+        raise BloodmlError("group_aggregate=attention, group_covariates and group_inputs are about patients: set "
+                           "group_column (the manifest column with the patient IDs).")
+    if config.group_inputs in ("covariates", "both") and not config.group_covariates:
+        raise BloodmlError(f"group_inputs={config.group_inputs} needs group_covariates=<patients .csv>:<column>,... "
+                           f"(e.g. patients.csv:lymph_count,year_of_birth).")
+    if patient_model and config.finetune != "none":
+        raise BloodmlError("group_aggregate=attention and group_covariates learn the patient call on frozen-backbone "
+                           "features: set finetune=none (or pool a fine-tuned model's cells with mean, logodds, topk "
+                           "or share).")
     return config
+
+
+def patient_inputs(config: RunConfig) -> str:
+    """What a patient's call rests on: group_inputs, with auto made image or both."""
+    if config.group_inputs != "auto":
+        return config.group_inputs
+    return "both" if config.group_covariates else "image"
 
 
 def replace(config: RunConfig, **changes: Any) -> RunConfig:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
+from .config import PARAMETERS, RunConfig, format_value
 from .data.labels import parse_class_names
 from .splitting.prepare import read_labelled, require_masks
 from .errors import BloodmlError
@@ -16,7 +16,7 @@ from .evaluation.calls import CallRule
 from .evaluation.groups import group_line
 from .evaluation.metrics import majority_rate
 from .evaluation.scoring import confusion_frame, predictions_frame, recall_per_class, score
-from .predict import adapted_model, loaded_model, model_probabilities, domain_shift_check
+from .predict import adapted_model, loaded_model, model_probabilities, domain_shift_check, patient_calls
 from .segmentation.source import with_masks_from
 from .runtime import say
 from .data.checksums import file_sha256
@@ -41,6 +41,31 @@ def relabelled(table: pd.DataFrame, label_map: str, classes: list[str], data: st
     return table
 
 
+# How the model's training run read its data and called its groups: a new dataset of the same kind is read the
+# same way unless the command line says otherwise (evaluate -m <it> --data <other cells.csv> --group-column patient).
+READ_AS_TRAINED = ("image_column", "label_column", "mask_column", "positive_classes", "negative_name",
+                   "group_column", "group_labels", "group_aggregate", "group_top_k", "threshold", "group_covariates")
+
+
+def as_trained(reference: str, given: dict) -> dict:
+    """``given`` (the command line's run parameters) completed by the training run's READ_AS_TRAINED parameters,
+    said in one line; a patients table is looked for under its file name beside the new data."""
+    try:
+        run_id = source_run(model_uri(reference))
+        logged = get_run(run_id).data.params if run_id else {}
+    except Exception:  # noqa: BLE001 - a model folder without a run: nothing to inherit
+        logged = {}
+    inherited = {k: logged[k] for k in READ_AS_TRAINED if k not in given and logged.get(k, "") not in ("", None)
+                 and logged[k] != format_value(PARAMETERS[k].default)}
+    if "group_covariates" in inherited:
+        path, _, columns = inherited["group_covariates"].rpartition(":")
+        inherited["group_covariates"] = f"{Path(path).name}:{columns}"  # the new patients' table, same name
+    if inherited:
+        say("read as the model's training data was: " + ", ".join(f"{k}={v}" for k, v in inherited.items())
+            + " (give them to change)")
+    return {**inherited, **given}
+
+
 def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch: int = 32,
                    unseen: bool = False) -> dict[str, float]:
     configure_tracking()
@@ -59,8 +84,10 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
                                         blur=config.test_blur)
     truth = np.array([classes.index(label) for label in table["label"]])
     groups = table["group"].to_numpy() if config.group_column else None
+    pooled = (patient_calls(reference, paths, mask_paths, groups, config.group_covariates, config.group_column,
+                            root, batch) if groups is not None else None)  # a learnt pooling, covariates
     scored = score(truth, probabilities, classes, "eval_", CallRule.of_run(config, classes), config.bootstrap,
-                   config.seed, resample=groups, group_ids=groups)  # with groups, one call per patient too
+                   config.seed, resample=groups, group_ids=groups, pooled=pooled)  # with groups, one call per patient
     metrics, calls = scored.metrics, scored.groups
     metrics["eval_majority_rate"] = majority_rate(truth)
     metrics["eval_ece"] = expected_calibration_error(truth, probabilities)
@@ -88,7 +115,8 @@ def evaluate_model(reference: str, config: RunConfig, label_map: str = "", batch
             f"macro-F1 {in_domain['test_macro_f1']:.3f}; here: accuracy {metrics['eval_accuracy']:.3f}, macro-F1 "
             f"{metrics['eval_macro_f1']:.3f}")
     if calls is not None:
-        say(group_line(metrics, "eval_", config.group_column, config.group_aggregate))
+        say(group_line(metrics, "eval_", config.group_column, "the model's patient call" if pooled else
+                       config.group_aggregate))
     say("recall per class: " + ", ".join(f"{name} {v:.2f}" for name, v in recall.items()))
     say("confusion matrix (rows true, columns predicted: " + ", ".join(classes) + "): "
         + " | ".join(" ".join(str(int(c)) for c in row) for row in scored.confusion))

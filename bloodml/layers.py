@@ -12,10 +12,11 @@ LAYERS: list[tuple[tuple[str, ...], str]] = [
     (("cache",), "the content-keyed feature cache"),
     (("training",), "fitting: a head on frozen features, fine-tuning, early stopping, checkpoints"),
     (("evaluation",), "the one scoring path: calls, metrics with intervals, groups, calibration, plots, report"),
+    (("patients",), "the patient model: covariates, attention pooling, stacked patient calls"),
     (("tracking",), "MLflow, and only here: store, runs, models, registry, pyfunc"),
     (("segmentation",), "the cell segmenter: a model like any other"),
     (("serving",), "the served image model: image bytes in, class names out"),
-    (("predict", "evaluate", "train", "segment", "pretrain", "adapt", "suggest", "demo"), "commands, each a short list of named steps"),
+    (("predict", "evaluate", "train", "segment", "pretrain", "adapt", "suggest", "refit", "demo"), "commands, each a short list of named steps"),
     (("study", "tuning"), "built from many runs: studies, Optuna"),
     (("cli",), "a thin click layer"),
 ]

@@ -6,6 +6,7 @@ its class names, so the user re-types nothing.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +29,11 @@ from .models.adaptation import adapt_batchnorm
 from .runtime import say
 from .segmentation.source import segmenter_for, with_masks_from
 from .serving.frames import probability_table
+from .tracking.lineage import patient_model_folder
 from .tracking.model import load_model
+from .patients.covariates import parse_covariates, read_covariates
+from .patients.model import PatientModel, Patients
+from .compute import CPU, Compute
 
 
 def model_facts(meta: dict) -> tuple[list[str], InputSpec, ShiftProfile | None]:
@@ -104,6 +109,48 @@ def network_inputs(spec: InputSpec, paths: list[str], mask_paths: list[str | Non
         if cell_free is not None and spec.masked:
             cell_free.extend(mask for mask, blank in zip(masks, marks_no_cell(regions).tolist()) if blank and mask)
         yield sharpness_blur(spec.network_input(images, regions), blur)
+
+
+@torch.no_grad()
+def cell_outputs(model, paths: list[str], mask_paths: list[str | None], batch: int = 32,
+                 compute: Compute = CPU) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (N, C), pooled backbone features (N, D)) of the cells, read as the model was trained."""
+    model = model.eval().to(compute.device)
+    probabilities, features = [], []
+    for x in network_inputs(model.spec, paths, mask_paths, batch):
+        x = compute.put(x)
+        probabilities.append(model(x).float().cpu().numpy())
+        features.append(model.backbone(model.preprocess(x)).float().cpu().numpy())
+    return np.concatenate(probabilities), np.concatenate(features)
+
+
+def patient_calls(reference: str, paths: list[str], mask_paths: list[str | None], groups, group_covariates: str = "",
+                  group_column: str = "", data_root=None, batch: int = 32) -> dict | None:
+    """Each patient's class probabilities from the patient model the run logged (a learnt pooling, covariates):
+    its cells' features (and their covariates: ``group_covariates``, the new patients' table); None when the run
+    pooled its cells by a fixed rule."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = patient_model_folder(reference, tmp)
+        if folder is None:
+            return None
+        patient_model = PatientModel.load(Path(folder))
+    covariates_of = None
+    if patient_model.covariates:
+        spec = parse_covariates(group_covariates, data_root)
+        wanted = ",".join(patient_model.covariates)
+        if spec is None:
+            raise BloodmlError(f"{reference} calls a patient from its cells and its covariates ({wanted}): pass the "
+                               f"new patients' table, --group_covariates <patients .csv>:{wanted}.")
+        if spec.columns != patient_model.covariates:
+            raise BloodmlError(f"--group_covariates {group_covariates}: the model was trained on {wanted}, in that "
+                               f"order; pass <patients .csv>:{wanted}.")
+        covariates_of = lambda ids: read_covariates(spec, group_column, ids).to_numpy()  # noqa: E731
+    network, _ = load_model(reference, network=True)
+    probabilities, features = cell_outputs(network, paths, mask_paths, batch)
+    patients = Patients.of(groups, probabilities, torch.as_tensor(features), covariates_of=covariates_of,
+                           positive_class=patient_model.positive)
+    say(patient_model.describe())
+    return dict(zip(patients.groups, patient_model.probabilities(patients)))
 
 
 def model_probabilities(model, spec: InputSpec, paths: list[str], mask_paths: list[str | None], batch: int = 32,
@@ -199,7 +246,7 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
                    batch: int = 32, pattern: str = "*", masks_from: str = "", segmenter: str = "",
                    image_column: str = "image", group_column: str = "",
                    group_aggregate: str = "", adapt_bn: bool = False,
-                   test_blur: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                   test_blur: float = 0.0, group_covariates: str = "") -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """One row per image: file, predicted_label, confidence and p_<class> for every class. A model trained with a
     segmenter uses it for images without a mask; ``masks_from``/``segmenter`` choose another source. A zip among
     ``inputs`` is read as the folder it holds (unpacked once into the cache).
@@ -237,7 +284,10 @@ def predict_images(reference: str, inputs: list[str | Path], masks_dir: str | Pa
     if groups is None:
         return table, None
     table.insert(1, "group", groups)
-    return table, group_table(groups, None, probabilities, classes, rule).assign(group_aggregate=rule.aggregate)
+    pooled = None if group_aggregate else patient_calls(reference, paths, mask_paths, groups, group_covariates,
+                                                        group_column, batch=batch)
+    return table, group_table(groups, None, probabilities, classes, rule, pooled).assign(
+        group_aggregate=rule.aggregate if pooled is None else "patient model")
 
 
 def beside_the_classes(inputs: list[str | Path]) -> Path | None:
@@ -270,6 +320,6 @@ def readable_inputs(files: list[Path], groups: list | None) -> tuple[list[Path],
 def calling_rule(meta: dict, group_aggregate: str = "") -> CallRule:
     """How the model's training run called a cell and a group (threshold, positive class, pooling; from its
     metadata); ``group_aggregate`` overrides the pooling."""
-    if group_aggregate and group_aggregate not in AGGREGATES:
+    if group_aggregate and group_aggregate not in AGGREGATES:  # attention is learnt: the run's patient model
         raise BloodmlError(f"--group-aggregate {group_aggregate}: unknown; use one of {', '.join(AGGREGATES)}.")
     return CallRule.of_model(meta, group_aggregate)

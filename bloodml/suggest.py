@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from .compute import CPU, Compute
 from .data.images import read_rgb
-from .predict import beside_the_classes, collect_inputs, masked_inputs, network_inputs, readable_inputs
+from .predict import beside_the_classes, cell_outputs, collect_inputs, masked_inputs, readable_inputs
 from .errors import BloodmlError
 from .models.classifier import BloodCellClassifier
 from .runtime import say
@@ -45,19 +45,6 @@ class Suggestion:
         self.table.to_csv(partial, index=False)
         partial.replace(csv)
         self.sheet.save(csv.with_suffix(".png"))
-
-
-@torch.no_grad()
-def cell_outputs(model: BloodCellClassifier, paths: list[str], mask_paths: list[str | None], batch: int = 32,
-                 compute: Compute = CPU) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (N, C), pooled backbone features (N, D)) of the cells, read as the model was trained."""
-    model = model.eval().to(compute.device)
-    probabilities, features = [], []
-    for x in network_inputs(model.spec, paths, mask_paths, batch):
-        x = compute.put(x)
-        probabilities.append(model(x).float().cpu().numpy())
-        features.append(model.backbone(model.preprocess(x)).float().cpu().numpy())
-    return np.concatenate(probabilities), np.concatenate(features)
 
 
 def copy_groups(paths: list[str], near_distance: int, similarity: float) -> np.ndarray:

@@ -33,6 +33,7 @@ from .evaluation.report import EvaluationSettings, Splits, evaluate
 from .evaluation.domain_shift import ShiftProfile, input_descriptors
 from .models.classifier import BloodCellClassifier, mean_probability_scores, tta_views
 from .models.head import head_for
+from .patients.steps import check_patients, fit_run_patients, needs_patient_model, write_patient_artefacts
 from .runtime import configure, say, show_progress
 from .segmentation.source import pinned, segmenter_for
 from .tracking.backbones import backbone_from
@@ -138,7 +139,7 @@ def describe_data(data: PreparedData) -> None:
         say(f"note: {note}")
     counts = data.table.groupby(["split", "label"]).size()
     say(f"data: {len(data.table)} images, classes {', '.join(data.classes)}; "
-        + "; ".join(f"{s} {int(counts[s].sum())}" for s in SPLITS))
+        + "; ".join(f"{s} {int(counts[s].sum()) if s in counts.index.get_level_values(0) else 0}" for s in SPLITS))
 
 
 def fitted_spec(spec: InputSpec, train: ImageSet) -> InputSpec:
@@ -249,20 +250,43 @@ def evaluate_and_log(model: BloodCellClassifier, config: RunConfig, data: Prepar
     if built.feature_seconds is not None:  # frozen backbone: the cached feature step
         metrics["feature_seconds"] = built.feature_seconds
     scored = ("val", "test")
+    patients = run_patients(model, config, data, sets, result, built, compute)
     splits = Splits(sets, {s: list(data.split(s)["path"]) for s in scored},
                     {s: data.split(s)["group"].to_numpy() for s in scored} if config.group_column else {},
                     {s: data.split(s)["source_group"].to_numpy() for s in scored}
                     if config.group_column and "source_group" in data.table else {},
-                    {s: data.split(s)["source"].to_numpy() for s in scored} if "source" in data.table else {})
+                    {s: data.split(s)["source"].to_numpy() for s in scored} if "source" in data.table else {},
+                    patients.pooled if patients else {})
     with tempfile.TemporaryDirectory() as tmp:
         metrics.update(evaluate(model, splits, result.history, result.best_epoch,
                                 evaluation_settings(config, data.classes, plots, compute), Path(tmp),
                                 cached_scores(model, built, sets, compute)))
+        if patients is not None:
+            write_patient_artefacts(patients, sets, {s: list(data.split(s)["path"]) for s in scored}, Path(tmp),
+                                    plots)
+            with tempfile.TemporaryDirectory() as saved:  # beside the model: evaluate and predict read it back
+                patients.model.save(Path(saved))
+                log_folder(saved, "patient_model")
         log_folder(tmp, "evaluation")
         summary = Path(tmp) / "summary.md"  # not written without plots (a study's folds)
         set_description(run_description(config, data, summary.read_text() if summary.is_file() else "", metrics))
     metrics.update({f"n_{s}": float(len(sets[s])) for s in SPLITS})
     return metrics
+
+
+def run_patients(model: BloodCellClassifier, config: RunConfig, data: PreparedData, sets: dict[str, ImageSet],
+                 result: FitResult, built: Built, compute: Compute):
+    """The patient model a learnt pooling or covariates need, fitted on the training patients (None otherwise)."""
+    if not needs_patient_model(config):
+        return None
+    scores = cached_scores(model, built, sets, compute)
+
+    def cell_probabilities(split: str):
+        return torch.softmax(scores(split), dim=1).numpy()
+    groups = {s: data.split(s)["source_group"].to_numpy() for s in SPLITS}
+    return fit_run_patients(config, data.classes, sets, groups, built.features, built.trainer.train_features,
+                            cell_probabilities, lambda: head_for(model.backbone, len(data.classes), config.dropout),
+                            result.best_epoch, data.root, compute)
 
 
 def cached_scores(model: BloodCellClassifier, built: Built, sets: dict[str, ImageSet], compute: Compute):
@@ -298,6 +322,9 @@ def run_description(config: RunConfig, data: PreparedData, summary: str, metrics
             f"on {dataset_name(config.data)}: " + ", ".join(f"{int((data.table['split'] == s).sum())} {s}"
                                                               for s in SPLITS) + " images.")
     body = [line for line in summary.splitlines() if not line.startswith("- [") and line != "# Run summary"]
+    if not body and "test_accuracy" not in metrics:
+        body = ["", "No test split: every image trained the model (a refit); its expected performance is the "
+                    "cross-validation estimate it was chosen by."]
     if not body:
         body = ["", "Test: " + ", ".join(f"{name} {metrics[f'test_{name}']:.3f}" for name in
                                          ("accuracy", "balanced_accuracy", "macro_f1") if f"test_{name}" in metrics)
@@ -308,6 +335,8 @@ def run_description(config: RunConfig, data: PreparedData, summary: str, metrics
 def shift_profile(spec: InputSpec, sets: dict[str, ImageSet]) -> tuple[ShiftProfile, dict[str, float]]:
     """The training images' domain-shift profile, and the check on the run's own test split (about 1 % far)."""
     profile = ShiftProfile.fit(input_descriptors(spec, sets["train"].images, sets["train"].regions))
+    if not len(sets["test"]):
+        return profile, {}
     report = profile.report(input_descriptors(spec, sets["test"].images, sets["test"].regions))
     return profile, {f"test_{k}": v for k, v in report.items()}
 
@@ -350,6 +379,7 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
     started = time.perf_counter()
     backbone = build_backbone(config)  # fail fast
     data = data or prepare(config, progress=progress)
+    check_patients(config, data.table, data.classes, data.root)
     describe_data(data)
     spec, segmenter = masks_source(InputSpec.from_config(config, backbone.mean, backbone.std))
     sets = load_splits(data, spec, progress, segmenter)
@@ -370,13 +400,15 @@ def run_training(config: RunConfig, data: PreparedData | None = None, parent_run
         metrics["train_seconds"] = time.perf_counter() - started
         log_metrics(metrics)
         if log_trained:
-            log_trained_model(model, config, sets["test"], profile, data.split("test"))
+            shown = "test" if len(sets["test"]) else "train"  # a refit has no test split
+            log_trained_model(model, config, sets[shown], profile, data.split(shown))
         checkpoint_path(run.info.run_id).unlink(missing_ok=True)  # finished: nothing left to resume
         if "test_group_accuracy" in metrics:
             say(group_line(metrics, "test_", config.group_column, config.group_aggregate))
-        say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); test accuracy "
-            f"{metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} "
-            f"(majority rate {metrics['test_majority_rate']:.3f}); run {run.info.run_id}")
+        say(f"best epoch {result.best_epoch} (stopped at {result.stopped_epoch}); " + (
+            f"test accuracy {metrics['test_accuracy']:.3f}, macro-F1 {metrics['test_macro_f1']:.3f} (majority rate "
+            f"{metrics['test_majority_rate']:.3f})" if "test_accuracy" in metrics else "no test split")
+            + f"; run {run.info.run_id}")
         say(f"see it: {ui_hint(uri)}")
     return TrainResult(run.info.run_id, metrics, result.best_epoch, result.stopped_epoch, data.classes, uri, model, data,
                        profile, sets, built.features)

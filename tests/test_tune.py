@@ -83,9 +83,17 @@ def test_tune_cli_and_predict_with_the_champion(make_folders, tmp_path, capsys):
                              "false", "--image_size", "32", "--epochs", "2", "--min_class_count", "2",
                              "--near_duplicate_distance", "-1", "--gradcam_samples", "0", "--n_trials", "2",
                              "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--space", tmp_path / "space.yaml",
-                             "--model_name", "folders")
+                             "--model_name", "folders", "--refit")
     assert code == 0, err
     assert "is now @champion" in out
+    # --refit: the best trial's configuration trained again on all the data, registered as @refit (not champion)
+    best_run = mlflow.MlflowClient().get_model_version_by_alias("folders", "champion").run_id
+    refit = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version_by_alias("folders", "refit").run_id)
+    assert refit.data.tags["bloodml.kind"] == "refit" and refit.data.tags["bloodml.refit_of"] == best_run
+    trial = mlflow.MlflowClient().get_run(best_run)
+    assert refit.data.params["val_fraction"] == "0.1" and refit.data.params["lr"] == trial.data.params["lr"]
+    assert refit.data.metrics["n_train"] + refit.data.metrics["n_val"] == 24 and refit.data.metrics["n_test"] == 0
+    assert refit.data.metrics["expected_macro_f1"] == trial.data.metrics["test_macro_f1"]
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     assert f"watch it: optuna-dashboard {storage}" in out
 

@@ -124,6 +124,8 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="registered model (default: the newest with @champion)")
     parser.add_argument("--browser", default=None, help="Chromium executable (default: on PATH, else Playwright's)")
     parser.add_argument("--port", type=int, default=5077)
+    parser.add_argument("--only-run", default=None, metavar="PNG",
+                        help="save only the run page of --run, under this file name (e.g. refit_run.png)")
     args = parser.parse_args()
     try:
         from playwright.sync_api import sync_playwright
@@ -131,8 +133,8 @@ def main() -> int:
         raise SystemExit("Playwright is missing: pip install -e '.[docs]'")
     mlflow.set_tracking_uri(args.tracking_uri)
     experiment, run_id, run_name = newest_training_run(args.run)
-    study_experiment, study_runs = configuration_runs(args.study)
-    model = champion_model(args.model)
+    study_experiment, study_runs = configuration_runs(args.study) if not args.only_run else ("", [])
+    model = champion_model(args.model) if not args.only_run else ""
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{args.port}/#"
@@ -142,10 +144,12 @@ def main() -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=browser_path(args.browser), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-            shoot(page, f"{base}/experiments/{experiment}/runs/{run_id}", run_name, out / "run_page.png",
-                  expand="Expand description")
-            shoot(page, f"{base}/compare-runs?{compare}", "Parameters", out / "study_compare.png")
-            shoot(page, f"{base}/models/{urllib.parse.quote(model)}", "champion", out / "registry.png", height=480)
+            shoot(page, f"{base}/experiments/{experiment}/runs/{run_id}", run_name,
+                  out / (args.only_run or "run_page.png"), expand="Expand description")
+            if not args.only_run:
+                shoot(page, f"{base}/compare-runs?{compare}", "Parameters", out / "study_compare.png")
+                shoot(page, f"{base}/models/{urllib.parse.quote(model)}", "champion", out / "registry.png",
+                      height=480)
             browser.close()
     finally:
         server.terminate()

@@ -14,7 +14,8 @@ import pandas as pd
 from .calls import CallRule, called
 from .metrics import classification_metrics
 
-AGGREGATES = ("mean", "logodds", "topk", "share")
+AGGREGATES = ("mean", "logodds", "topk", "share")  # fixed rules; "attention" is learnt (bloodml/patients)
+LEARNT = ("attention",)
 
 
 def aggregate(probabilities: np.ndarray, rule: str = "mean", top_k: int = 5, threshold: float = 0.5,
@@ -51,25 +52,30 @@ def aggregate(probabilities: np.ndarray, rule: str = "mean", top_k: int = 5, thr
             out = np.where(np.arange(2) == positive, score, 1 - score)
         else:
             out = np.bincount(p.argmax(1), minlength=classes).astype(np.float64)
+    elif rule in LEARNT:
+        raise ValueError(f"group_aggregate='{rule}' is learnt: its group probabilities come from the run's patient "
+                         f"model, not from a rule")
     else:
-        raise ValueError(f"group_aggregate='{rule}' is unknown; use one of {', '.join(AGGREGATES)}")
+        raise ValueError(f"group_aggregate='{rule}' is unknown; use one of {', '.join(AGGREGATES + LEARNT)}")
     out = np.asarray(out, dtype=np.float64)
     return out / out.sum() if out.sum() > 0 else np.full(classes, 1.0 / classes)
 
 
 def group_table(groups, labels: np.ndarray | None, probabilities: np.ndarray, classes: list[str],
-                rule: CallRule = CallRule()) -> pd.DataFrame:
+                rule: CallRule = CallRule(), pooled: dict | None = None) -> pd.DataFrame:
     """One row per group: ``group``, ``n_cells``, ``true_label`` (its cells' most common label; with
     ``mixed_labels`` counting the cells that carry another), ``p_<class>`` (the group probability, its cells pooled
     by ``rule.aggregate``) and ``predicted_label`` (the group called by ``rule``). ``labels`` None: no truth
-    columns (new patients)."""
+    columns (new patients). ``pooled``: each group's probability (C,) from a patient model (a learnt pooling,
+    covariates), used instead of ``rule.aggregate``."""
     groups = np.asarray(groups, dtype=object)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     positive = 1 if rule.positive is None and len(classes) == 2 else rule.positive
     rows = []
     for group in pd.unique(groups):
         members = np.flatnonzero(groups == group)
-        p = aggregate(probabilities[members], rule.aggregate, rule.top_k, rule.threshold, positive)
+        p = (np.asarray(pooled[str(group)], dtype=np.float64) if pooled is not None else
+             aggregate(probabilities[members], rule.aggregate, rule.top_k, rule.threshold, positive))
         call = int(called(p[None, :], positive, rule.threshold)[0])
         row = {"group": group, "n_cells": len(members)}
         if labels is not None:

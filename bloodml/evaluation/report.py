@@ -69,6 +69,7 @@ class Splits:
     resample: dict = field(default_factory=dict)
     group_ids: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)  # several sources: each image's source (scores per source too)
+    pooled: dict = field(default_factory=dict)  # a patient model's group probabilities: {split: {group: (C,)}}
 
 
 def evaluate(model, splits: Splits, history: list, best_epoch: int, settings: EvaluationSettings, out: Path,
@@ -86,19 +87,21 @@ def evaluate(model, splits: Splits, history: list, best_epoch: int, settings: Ev
     positive = (1 if rule.positive is None else rule.positive) if binary else None
 
     scores = scores or (lambda split: logits_of(model, sets[split], compute=settings.compute))
-    val_logits = scores("val")
-    if settings.temperature_scaling and len(val_logits):
+    val_logits = scores("val") if len(sets["val"]) else None
+    if settings.temperature_scaling and val_logits is not None:
         temperature = fit_temperature(val_logits, sets["val"].labels)
         model.temperature.fill_(temperature)
         metrics["temperature"] = temperature
 
     predictions = {}
     for split, prefix in (("val", "val_final_"), ("test", "test_")):
+        if not len(sets[split]):  # no validation split (fixed epochs) or no test split (a refit on all the data)
+            continue
         logits = val_logits if split == "val" else scores(split)
         probabilities = torch.softmax(logits / float(model.temperature), dim=1).numpy()
         labels = sets[split].labels.numpy()
         scored = score(labels, probabilities, classes, prefix, rule, settings.n_boot, settings.seed,
-                       resample=groups.get(split), group_ids=group_ids.get(split))
+                       resample=groups.get(split), group_ids=group_ids.get(split), pooled=splits.pooled.get(split))
         metrics.update(scored.metrics)
         metrics.update(source_scores(labels, probabilities, rule, splits.sources.get(split, ()), prefix))
         metrics[f"{split}_majority_rate"] = majority_rate(labels)
@@ -109,14 +112,14 @@ def evaluate(model, splits: Splits, history: list, best_epoch: int, settings: Ev
         if scored.groups is not None:
             scored.groups.to_csv(out / f"groups_{split}.csv", index=False)
 
-    labels, probabilities, scored = predictions["test"]
-    predicted = scored.predicted
-    if not settings.plots:
+    if not settings.plots or "test" not in predictions:
+        if settings.plots:  # nothing held out: the learning curves are what there is to see
+            write_history(history, best_epoch, out)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         return metrics
-    history_rows = [asdict(h) if not isinstance(h, dict) else h for h in history]
-    pd.DataFrame(history_rows).to_csv(out / "history.csv", index=False)
-    plots.learning_curves(history_rows, best_epoch, out / "learning_curves.png")
+    labels, probabilities, scored = predictions["test"]
+    predicted = scored.predicted
+    write_history(history, best_epoch, out)
     confusion_frame(scored.confusion, classes).to_csv(out / "confusion_matrix.csv")
     plots.confusion(scored.confusion, classes, out / "confusion_matrix.png")
     bins = reliability_bins(labels, probabilities)
@@ -140,6 +143,12 @@ def evaluate(model, splits: Splits, history: list, best_epoch: int, settings: Ev
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (out / "summary.md").write_text(summary_markdown(metrics, classes, best_epoch, binary, out))
     return metrics
+
+
+def write_history(history: list, best_epoch: int, out: Path) -> None:
+    history_rows = [asdict(h) if not isinstance(h, dict) else h for h in history]
+    pd.DataFrame(history_rows).to_csv(out / "history.csv", index=False)
+    plots.learning_curves(history_rows, best_epoch, out / "learning_curves.png")
 
 
 def _saliency(model, test: ImageSet, paths: list[str], classes: list[str], settings: EvaluationSettings,
@@ -196,8 +205,8 @@ def summary_markdown(metrics: dict, classes: list[str], best_epoch: int, binary:
         lines += ["", "Per cell:", ""]
     lines += ["| metric (95% CI) | validation | test |", "|---|---|---|"]
     lines += [f"| {m} | {_fmt(metrics, 'val_final_' + m)} | {_fmt(metrics, 'test_' + m)} |" for m in headline]
-    lines += [f"| majority-class rate | {metrics['val_majority_rate']:.3f} | {metrics['test_majority_rate']:.3f} |",
-              f"| expected calibration error | {metrics['val_ece']:.3f} | {metrics['test_ece']:.3f} |", "",
+    lines += [f"| majority-class rate | {_fmt(metrics, 'val_majority_rate')} | {_fmt(metrics, 'test_majority_rate')} |",
+              f"| expected calibration error | {_fmt(metrics, 'val_ece')} | {_fmt(metrics, 'test_ece')} |", "",
               ci_basis(metrics.get("test_ci_groups", 0.0)), ""]
     sources = sorted(k[len("test_source_"):-len("_n")] for k in metrics if k.startswith("test_source_")
                      and k.endswith("_n"))

@@ -30,7 +30,7 @@ class Scored:
 
 
 def score(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], prefix: str, rule: CallRule,
-          n_boot: int = 1000, seed: int = 0, resample=None, group_ids=None) -> Scored:
+          n_boot: int = 1000, seed: int = 0, resample=None, group_ids=None, pooled: dict | None = None) -> Scored:
     """Calls by ``rule``, their confusion matrix, ``<prefix>`` metrics with 95 % intervals (``resample``: one ID
     per image whose groups the intervals resample whole) and, with ``group_ids``, a call per group with its
     ``<prefix>group_*`` metrics."""
@@ -40,7 +40,7 @@ def score(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], pref
                                      seed, resample)
     calls = None
     if group_ids is not None:
-        calls = group_table(group_ids, truth, probabilities, classes, rule)
+        calls = group_table(group_ids, truth, probabilities, classes, rule, pooled)
         metrics.update(group_metrics(calls, classes, prefix, rule, n_boot, seed))
     return Scored(predicted, confusion_counts(truth, predicted, len(classes)), metrics, calls)
 

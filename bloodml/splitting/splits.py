@@ -138,6 +138,22 @@ def assign_splits(table: pd.DataFrame, val_fraction: float, test_fraction: float
     return table
 
 
+def validation_rows(train_rows: np.ndarray, table: pd.DataFrame, val_fraction: float, seed: int) -> set[int]:
+    """A stratified, group-aware validation split inside some training rows (for early stopping and checkpoints);
+    none at ``val_fraction`` 0 (fixed epochs on every training image)."""
+    if val_fraction <= 0:
+        return set()
+    rows = table.iloc[train_rows]
+    groups = rows.assign(stratum=strata(rows)).groupby("group")["stratum"].first()
+    try:
+        _, val_groups = train_test_split(groups.index.to_numpy(), test_size=val_fraction,
+                                         stratify=groups.to_numpy(), random_state=seed)
+    except ValueError:
+        _, val_groups = train_test_split(groups.index.to_numpy(), test_size=val_fraction, random_state=seed)
+    chosen = set(val_groups)
+    return {int(i) for i in train_rows if table.iloc[i]["group"] in chosen}
+
+
 MIN_STRATUM_GROUPS = 6  # a class of one source with fewer independent images is stratified by class alone
 
 

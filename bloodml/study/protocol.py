@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold
 
 from ..errors import BloodmlError
-from ..splitting.splits import strata
+from ..splitting.splits import strata, validation_rows
 
 
 @dataclass(frozen=True)
@@ -25,17 +25,6 @@ class Fold:
         return f"r{self.repeat}-{self.held_out}" if self.held_out else f"r{self.repeat}f{self.fold}"
 
 
-def _val_within(train_rows: np.ndarray, table: pd.DataFrame, val_fraction: float, seed: int) -> set[int]:
-    """A stratified, group-aware validation split inside a training fold (for early stopping and checkpoints)."""
-    rows = table.iloc[train_rows]
-    groups = rows.assign(stratum=strata(rows)).groupby("group")["stratum"].first()
-    try:
-        _, val_groups = train_test_split(groups.index.to_numpy(), test_size=val_fraction,
-                                         stratify=groups.to_numpy(), random_state=seed)
-    except ValueError:
-        _, val_groups = train_test_split(groups.index.to_numpy(), test_size=val_fraction, random_state=seed)
-    chosen = set(val_groups)
-    return {int(i) for i in train_rows if table.iloc[i]["group"] in chosen}
 
 
 def validation_seed(seed: int, repeat: int, fold: int) -> int:
@@ -54,7 +43,7 @@ def repeated_group_kfold(table: pd.DataFrame, folds: int, repeats: int, val_frac
     for repeat in range(repeats):
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + repeat)
         for fold, (train_rows, test_rows) in enumerate(splitter.split(np.zeros(len(table)), labels, groups)):
-            val_rows = _val_within(train_rows, table, val_fraction, validation_seed(seed, repeat, fold))
+            val_rows = validation_rows(train_rows, table, val_fraction, validation_seed(seed, repeat, fold))
             split = ["train"] * len(table)
             for i in test_rows:
                 split[i] = "test"
@@ -70,7 +59,7 @@ def with_validation_share(fold: Fold, table: pd.DataFrame, val_fraction: float, 
     that differ only in their validation share are still scored on the same images and stay paired. At the
     protocol's own share and seed this gives back the protocol's split."""
     pool = np.array([i for i, part in enumerate(fold.split) if part != "test"])
-    val_rows = _val_within(pool, table, val_fraction, seed)
+    val_rows = validation_rows(pool, table, val_fraction, seed)
     split = tuple("test" if part == "test" else "val" if i in val_rows else "train" for i, part in enumerate(fold.split))
     return Fold(fold.repeat, fold.fold, split)
 
@@ -93,7 +82,7 @@ def leave_one_source_out(table: pd.DataFrame, held_out: list[str], repeats: int,
             is_test = (table["source"] == source).to_numpy()
             train_rows = np.flatnonzero(~is_test)
             trained_classes = set(table.loc[~is_test, "label"])
-            val_rows = _val_within(train_rows, table, val_fraction, validation_seed(seed, repeat, index))
+            val_rows = validation_rows(train_rows, table, val_fraction, validation_seed(seed, repeat, index))
             split = ["val" if i in val_rows else "train" for i in range(len(table))]
             for i in np.flatnonzero(is_test):
                 split[i] = "test" if table["label"].iat[i] in trained_classes else ""

@@ -22,6 +22,7 @@ from ..tracking.runs import adopt_launched_run, child_runs, create_run, find_run
     reopen_run, set_description, set_tags
 from ..tracking.backbones import backbone_from
 from ..tracking.store import configure_tracking, ui_hint
+from ..refit import run_refit
 from ..train import run_training
 from .cross_dataset import TestSet, load_test_sets, score_on
 from .protocol import Fold, leave_one_source_out, repeated_group_kfold, validation_seed, with_validation_share
@@ -43,6 +44,7 @@ class StudyResult:
     report: Path | None = None
     parent_run_id: str = ""
     seconds: float = 0.0
+    refit_run_id: str = ""  # the study file asked for a refit of its best configuration
 
 
 def check_backbones(spec: StudySpec) -> None:
@@ -233,4 +235,7 @@ def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult |
     for comparison in result.comparisons:
         say(f"{comparison.question}: {comparison.verdict()}")
     say(f"report: {result.report}; study wall time {result.seconds:.0f}s; see it: {ui_hint(uri)}")
+    if spec.refit:  # the study chose; now the final model on all the data, carrying the estimate
+        result.refit_run_id = run_refit(study=parent).run_id
+        set_tags({"bloodml.refit_run": result.refit_run_id}, parent)
     return result

@@ -55,6 +55,7 @@ class StudySpec:
     shots: list[int] = field(default_factory=list)  # few_shot: labelled target cells per class (0: not adapted)
     selections: list[str] = field(default_factory=list)  # few_shot: random and/or suggested
     questions: list[Question] = field(default_factory=list)
+    refit: bool = False  # then train the best configuration on all the data (bloodml refit)
 
 
 def _levels(factor: str, value: Any, source: str) -> dict[str, dict[str, Any]]:
@@ -84,7 +85,8 @@ def _name(factors: dict[str, str]) -> str:
     return "__".join(f"{k}={v}" for k, v in factors.items())
 
 
-KNOWN_KEYS = {"name", "run", "settings", "protocol", "metric", "factors", "reference", "questions", "controls"}
+KNOWN_KEYS = {"name", "run", "settings", "protocol", "metric", "factors", "reference", "questions", "controls",
+              "refit"}
 
 
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
@@ -102,6 +104,12 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     controls = content.get("controls") or {}
     spec.configurations = _configurations(factors, reference, controls, settings, base)
     spec.questions = _questions(content, factors, reference, spec.configurations, source)
+    spec.refit = content.get("refit", False)
+    if not isinstance(spec.refit, bool):
+        raise BloodmlError(f"{source}: refit: {spec.refit!r} is not true or false.")
+    if spec.refit and spec.protocol != "cv":
+        raise BloodmlError(f"{source}: refit: true needs protocol cv (the estimate a refit carries is the "
+                           f"cross-validation one).")
     return spec
 
 
@@ -239,7 +247,14 @@ def _questions(content: dict, factors: dict, reference: dict, configurations: li
         if factor not in factors:
             raise BloodmlError(f"{source}: question factor '{factor}' is not one of the factors.")
         names = [_name({**reference, factor: level}) for level in factors[factor]]
-        if entry.get("steps"):  # consecutive levels: does each added technique help?
+        if entry.get("pairs"):  # the comparisons asked for, as [level a, level b]: b - a is reported
+            pairs = []
+            for pair in entry["pairs"]:
+                if not isinstance(pair, list) or len(pair) != 2 or any(str(p) not in factors[factor] for p in pair):
+                    raise BloodmlError(f"{source}: question pairs of '{factor}' need [level, level] of its levels "
+                                       f"({', '.join(factors[factor])}); got {pair!r}.")
+                pairs.append(tuple(_name({**reference, factor: str(p)}) for p in pair))
+        elif entry.get("steps"):  # consecutive levels: does each added technique help?
             pairs = list(zip(names[:-1], names[1:]))
         else:
             pairs = [(ref_name, n) for n in names if n != ref_name]

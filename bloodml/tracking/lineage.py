@@ -78,3 +78,18 @@ def adapted_from(run_id: str) -> str:
     """The parent model an adapted run names ('' for a run that was not adapted)."""
     return mlflow.MlflowClient().get_run(run_id).data.tags.get(PARENT_MODEL, "")
 
+
+
+def patient_model_folder(reference: str, destination) -> str | None:
+    """The patient model (``patient_model/``) the run behind ``reference`` logged, downloaded into
+    ``destination``; None when it logged none (a fixed pooling) or the reference has no run."""
+    try:
+        run_id = source_run(model_uri(reference))
+        if not run_id:
+            return None
+        names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "patient_model")}
+        if "patient_model/patient_model.json" not in names:
+            return None
+        return mlflow.MlflowClient().download_artifacts(run_id, "patient_model", str(destination))
+    except MlflowException:
+        return None

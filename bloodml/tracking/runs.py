@@ -27,7 +27,7 @@ TASK, KIND = "bloodml.task", "bloodml.kind"
 KIND_OF_TASK = {"train": "train", "tune-trial": "trial", "tune": "study", "study": "study",
                 "study-configuration": "study", "study-fold": "fold", "segment": "segment",
                 "segment-evaluate": "segment", "evaluate": "evaluate", "pretrain": "pretrain",
-                "adapt": "adapt", "suggest": "suggest"}
+                "adapt": "adapt", "suggest": "suggest", "refit": "refit"}
 DESCRIPTION = "mlflow.note.content"  # the run page's Description
 
 

@@ -73,7 +73,10 @@ class EpochRecord:
 
 
 def validation_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Plain cross-entropy (no smoothing, weights or penalty, so epochs and runs compare) and headline scores."""
+    """Plain cross-entropy (no smoothing, weights or penalty, so epochs and runs compare) and headline scores; NaN
+    without validation images."""
+    if not len(labels):
+        return dict.fromkeys(("val_loss", "val_accuracy", "val_macro_f1", "val_balanced_accuracy"), float("nan"))
     cm = confusion_counts(labels.numpy(), logits.argmax(1).numpy(), logits.shape[1])
     return {"val_loss": float(F.cross_entropy(logits, labels)), "val_accuracy": accuracy_from(cm),
             "val_macro_f1": macro_f1_from(cm), "val_balanced_accuracy": balanced_accuracy_from(cm)}
@@ -129,6 +132,11 @@ class _Trainer:
         self.drop_last = False  # FinetuneTrainer: one batch shape, and no batch of one image in batch norm
         self.ema, self.ema_steps = None, 0
         head.to(compute.device)
+
+    def validated(self) -> dict[str, float]:
+        """The validation scores, NaN without validation images (fixed epochs: a refit, val_fraction=0)."""
+        labels = self.val_labels if hasattr(self, "val_labels") else self.val.labels
+        return self.validate() if len(labels) else validation_scores(torch.zeros(0, self.num_classes), labels)
 
     def averaged_module(self) -> nn.Module:
         """The module whose weights are trained (and averaged with ``ema``)."""
@@ -422,7 +430,7 @@ def fit(trainer, settings: TrainSettings, on_epoch: Callable[[EpochRecord], None
         start = time.perf_counter()
         train_loss, train_acc = trainer.train_epoch(epoch)
         with trainer.averaged():  # with ema: validated and kept for early stopping as averaged weights
-            scores = trainer.validate()
+            scores = trainer.validated()
             evaluated = trainer.state()
         record = EpochRecord(epoch, train_loss, train_acc, seconds=time.perf_counter() - start, **scores)
         history.append(record)

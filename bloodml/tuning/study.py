@@ -28,6 +28,7 @@ from ..tracking.runs import adopt_launched_run, create_run, delete_run, find_run
 from ..tracking.registry import RegistryPermissionError
 from ..tracking.store import configure_tracking, ui_hint
 from ..train import StopRun, run_training
+from ..refit import run_refit
 from .champion import promote
 from .space import load_space, suggest
 
@@ -53,6 +54,7 @@ class TuneSettings:
     pruner: str = "median"  # median, halving or none
     model_name: str = ""  # registry name (default derived from the data)
     alias: str = "champion"
+    refit: bool = False  # then train the best trial's configuration on all the data (bloodml refit), as @refit
 
 
 def default_model_name(config: RunConfig) -> str:
@@ -315,7 +317,11 @@ def finish(study: optuna.Study, config: RunConfig, settings: TuneSettings, paren
     else:
         say(f"registry: {name} version {version} " + (f"is now @{settings.alias}" if promoted else
                                                       f"registered, @{settings.alias} unchanged") + f" ({reason})")
+    refit_run = ""
+    if settings.refit:  # the search chose on one split; the final model trains on all of it
+        refit_run = run_refit(trial=(run_id, study.study_name), register_name=name if version != "none" else "",
+                              alias="refit", overrides={"experiment": config.experiment}).run_id
     say(f"see it: {ui_hint(uri)}")
     say(dashboard_hint(settings.storage))
-    return {**summary, "best_trial": best.number, "best_value": best.value, "best_run_id": run_id,
+    return {**summary, "refit_run_id": refit_run, "best_trial": best.number, "best_value": best.value, "best_run_id": run_id,
             "model_name": name, "version": version, "promoted": promoted}
