@@ -189,8 +189,13 @@ def tune(config_path, n_trials, timeout, study_name, storage, objective, space, 
 @click.option("--out", default="", help="folder for the report (default study-<name>)")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="override a run parameter for every run")
 @click.option("--resume", is_flag=True, help="continue the study's latest run: configurations that finished are reused")
+@click.option("--storage", default="", help="with --worker: the Optuna storage the workers share (postgresql://user@"
+              "host/db; the password in PGPASSFILE, not here; default $BLOODML_OPTUNA_STORAGE)")
+@click.option("--worker", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="take cells (configuration x fold) from the shared storage until none is left; start one per "
+                   "machine or GPU, any number")
 @parameter_options("study")
-def study(study_file, out, sets, resume, **values):
+def study(study_file, out, sets, resume, storage, worker, **values):
     """Answer a study's questions: every configuration on the same folds, paired tests, a report. Run parameters
     (--data, --epochs, ...) override the study file's settings for every run, as --set does."""
     from .study.runner import run_study
@@ -203,8 +208,30 @@ def study(study_file, out, sets, resume, **values):
         key, value = item.split("=", 1)
         overrides[key.strip()] = value.strip()
     spec = load_study(study_file, overrides)
-    run_study(spec, _writable_folder(Path(out or f"study-{spec.name}").expanduser(), f"--out {out}" if out else
-                                     "the report folder"), resume=resume)
+    folder = _writable_folder(Path(out or f"study-{spec.name}").expanduser(), f"--out {out}" if out else
+                              "the report folder")
+    storage = storage or os.environ.get("BLOODML_OPTUNA_STORAGE", "")
+    if worker:
+        from .study.distributed import run_worker
+
+        if not storage:
+            raise BloodmlError("--worker needs --storage <the Optuna storage the workers share> (or "
+                               "BLOODML_OPTUNA_STORAGE), e.g. postgresql://bloodml@db-host/optuna.")
+        run_worker(spec, folder, storage)
+        return
+    run_study(spec, folder, resume=resume)
+
+
+@cli.command("study-report")
+@click.argument("run_id")
+@click.option("--out", default="", help="folder for the report (default study-<name>)")
+@click.option("--storage", default="", help="the Optuna storage (default: the one the study run logged, or "
+              "$BLOODML_OPTUNA_STORAGE)")
+def study_report_cmd(run_id, out, storage):
+    """A shared study's progress (cells done / running / waiting) and, once every cell is in, its report."""
+    from .study.distributed import study_report
+
+    study_report(run_id, Path(out).expanduser() if out else None, storage)
 
 
 @cli.command(cls=RunCommand)

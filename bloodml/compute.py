@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .parallel import parallel
+
 from .errors import BloodmlError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
@@ -90,8 +92,8 @@ def resolve(device: str = "auto", precision: str = "auto") -> Compute:
     """The device and precision asked for, or a one-line error saying what this machine has."""
     device = device.strip().lower()
     if device == "auto":
-        if torch.cuda.is_available():
-            chosen = torch.device("cuda")
+        if torch.cuda.is_available():  # under torchrun, each process its own GPU
+            chosen = torch.device("cuda", parallel().local_rank) if parallel().several else torch.device("cuda")
         elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             chosen = torch.device("mps")
         else:

@@ -3,8 +3,9 @@
 holds the code to it, and checks that docs/architecture.md shows this order. Only ``tracking`` imports MLflow."""
 
 LAYERS: list[tuple[tuple[str, ...], str]] = [
-    (("errors", "environment", "runtime", "compute", "config", "confusion"),
-     "base: errors, the Python check, threads and seeds, the device, the run configuration, confusion-matrix scores"),
+    (("errors", "environment", "runtime", "parallel", "compute", "config", "confusion"),
+     "base: errors, the Python check, threads and seeds, torchrun's processes, the device, the run configuration, "
+     "confusion-matrix scores"),
     (("data",), "read a dataset: layouts, images, masks, labels, archives, fetch"),
     (("splitting",), "content hashes, copies, splits, audit; prepare = the data pipeline of a run"),
     (("inputs",), "what the network sees: InputSpec, transforms, stain, acquisition, the preloaded sets"),

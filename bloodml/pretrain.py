@@ -52,8 +52,10 @@ def backbone_card(config: RunConfig, result: TrainResult) -> BackboneCard:
 
 
 def run_pretrain(config: RunConfig, name: str = DEFAULT_NAME, alias: str = DEFAULT_ALIAS,
-                 resume_run_id: str | None = None) -> PretrainResult:
+                 resume_run_id: str | None = None) -> PretrainResult | None:
     result = run_training(config, tags={"bloodml.task": "pretrain"}, log_trained=False, resume_run_id=resume_run_id)
+    if result is None:  # torchrun: a process other than the main one trained its share; the main one registers
+        return None
     configure_tracking()
     with tempfile.TemporaryDirectory() as tmp:
         card = save_backbone(result.model.backbone.body.cpu().float(), backbone_card(config, result), Path(tmp))

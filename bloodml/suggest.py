@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageDraw
 
 from .compute import CPU, Compute
 from .data.images import read_rgb
 from .predict import beside_the_classes, cell_outputs, collect_inputs, masked_inputs, readable_inputs
 from .errors import BloodmlError
-from .models.classifier import BloodCellClassifier
 from .runtime import say
 from .splitting.hashing import add_hashes, near_copies
 from .splitting.selection import entropy, margin_uncertainty, suggest_order

@@ -27,6 +27,7 @@ from .inputs.input_spec import InputSpec
 from .splitting.prepare import PreparedData, prepare
 from .splitting.splits import dataset_name, manifest
 from .inputs.transforms import Augmentation, Preprocess, effective, fit_input_spec
+from .errors import BloodmlError
 from .evaluation.calls import CallRule
 from .evaluation.groups import group_line
 from .evaluation.report import EvaluationSettings, Splits, evaluate
@@ -34,6 +35,7 @@ from .evaluation.domain_shift import ShiftProfile, input_descriptors
 from .models.classifier import BloodCellClassifier, mean_probability_scores, tta_views
 from .models.head import head_for
 from .patients.steps import check_patients, fit_run_patients, needs_patient_model, write_patient_artefacts
+from .parallel import parallel
 from .runtime import configure, say, show_progress
 from .segmentation.source import pinned, segmenter_for
 from .tracking.backbones import backbone_from
@@ -159,13 +161,15 @@ class Built:
 
 def build_trainer(config: RunConfig, spec: InputSpec, backbone, head, train: ImageSet, val: ImageSet, classes,
                   progress, compute: Compute = CPU) -> Built:
-    """Fine-tuning, or a head on frozen-backbone features (cached per augmented view, or the naive loop)."""
+    """Fine-tuning (on one process, or on each of torchrun's), or a head on frozen-backbone features (cached per
+    augmented view, or the naive loop)."""
     settings = section(config, TrainSettings)
     transform = augmentation(config)
     preprocess = Preprocess(spec)
     if config.finetune != "none":
         return Built(FinetuneTrainer(backbone, preprocess, head, train, val, spec, transform,
-                                     section(config, FinetuneSettings), len(classes), settings, compute=compute))
+                                     section(config, FinetuneSettings), len(classes), settings, compute=compute,
+                                     processes=parallel()))
     views = config.aug_views if transform is not None else 1
     keys = image_keys(train.images, train.regions)
     if config.feature_cache == "off":
@@ -366,26 +370,54 @@ def example_files(files: pd.DataFrame, spec: InputSpec) -> tuple[bytes, bytes | 
     return Path(row["path"]).read_bytes(), Path(mask).read_bytes() if isinstance(mask, str) and mask else None
 
 
-def run_training(config: RunConfig, data: PreparedData | None = None, parent_run_id: str | None = None,
-                 tags: dict | None = None, epoch_hook=None, log_trained: bool = True,
-                 plots: bool = True, resume_run_id: str | None = None) -> TrainResult:
-    """Train, evaluate and log one run. ``epoch_hook(record)`` may raise :class:`StopRun`: the run then ends as
-    KILLED with the tag ``bloodml.state`` and the exception propagates. Every epoch leaves an atomic checkpoint;
-    ``resume_run_id`` continues an interrupted run from its last complete epoch, into the same MLflow run."""
-    resume_state = load_checkpoint(checkpoint_path(resume_run_id)) if resume_run_id else None
-    progress = show_progress()
-    threads = configure(config.threads, config.seed)
-    compute = resolve_compute(config.device, config.precision)
-    started = time.perf_counter()
-    backbone = build_backbone(config)  # fail fast
+def network_and_splits(config: RunConfig, data: PreparedData | None, progress: bool, main: bool = True):
+    """The backbone (built first: a missing weight fails fast), the data and its splits as the network sees them,
+    the input spec fitted on the training split, and a new head. ``main``: say what the data holds."""
+    backbone = build_backbone(config)
     data = data or prepare(config, progress=progress)
-    check_patients(config, data.table, data.classes, data.root)
-    describe_data(data)
+    if main:
+        check_patients(config, data.table, data.classes, data.root)
+        describe_data(data)
     spec, segmenter = masks_source(InputSpec.from_config(config, backbone.mean, backbone.std))
     sets = load_splits(data, spec, progress, segmenter)
     spec = fitted_spec(spec, sets["train"])
     torch.manual_seed(config.seed)
-    head = head_for(backbone, len(data.classes), config.dropout)
+    return backbone, data, spec, sets, head_for(backbone, len(data.classes), config.dropout)
+
+
+def follow(config: RunConfig, data: PreparedData | None, resume_state: dict | None) -> None:
+    """A torchrun process other than the main one: the same data, split, model and epochs, its share of each
+    epoch's batches, no MLflow and no checkpoints (the main process's checkpoint resumes every process)."""
+    configure(config.threads, config.seed)
+    compute = resolve_compute(config.device, config.precision)
+    backbone, data, spec, sets, head = network_and_splits(config, data, False, main=False)
+    built = build_trainer(config, spec, backbone, head, sets["train"], sets["val"], data.classes, False, compute)
+    fit(built.trainer, section(config, TrainSettings), resume=resume_state)
+    return None
+
+
+def run_training(config: RunConfig, data: PreparedData | None = None, parent_run_id: str | None = None,
+                 tags: dict | None = None, epoch_hook=None, log_trained: bool = True,
+                 plots: bool = True, resume_run_id: str | None = None) -> TrainResult | None:
+    """Train, evaluate and log one run. ``epoch_hook(record)`` may raise :class:`StopRun`: the run then ends as
+    KILLED with the tag ``bloodml.state`` and the exception propagates. Every epoch leaves an atomic checkpoint;
+    ``resume_run_id`` continues an interrupted run from its last complete epoch, into the same MLflow run. Under
+    torchrun, the processes other than the main one train their share and return None."""
+    resume_state = load_checkpoint(checkpoint_path(resume_run_id)) if resume_run_id else None
+    processes = parallel()
+    if processes.several and config.finetune == "none":
+        raise BloodmlError("torchrun: a frozen backbone's head trains in seconds on one process; run it without "
+                           "torchrun (several processes are for finetune=last or all, and pretrain).")
+    if not processes.main:  # torchrun: the other processes train with the main one, which alone logs and saves
+        return follow(config, data, resume_state)
+    if processes.several:
+        say(f"torchrun: {processes.world} processes, each a share of every epoch's batches (DDP, "
+            f"{torch.distributed.get_backend()}); this one logs to MLflow and checkpoints")
+    progress = show_progress()
+    threads = configure(config.threads, config.seed)
+    compute = resolve_compute(config.device, config.precision)
+    started = time.perf_counter()
+    backbone, data, spec, sets, head = network_and_splits(config, data, progress)
 
     uri = configure_tracking()  # only once the inputs are known good: bad input leaves no store behind
     with open_run(config, parent_run_id, tags, resume_run_id) as run:

@@ -120,57 +120,33 @@ def open_study_run(spec: StudySpec, folds: list[Fold], resume: bool) -> tuple[st
     return parent, {}
 
 
+def configuration_run(spec: StudySpec, configuration: Configuration, parent: str) -> str:
+    """The configuration's run, a child of the study's, with its factors as tags and its parameters."""
+    factor_tags = {f"factor.{k}": v for k, v in configuration.factors.items()}
+    return create_run(spec.base.experiment, configuration.name, parent,
+                      {"bloodml.task": "study-configuration", "bloodml.study": spec.name,
+                       "masks_used": str(configuration.config.masks != "none").lower(), **factor_tags},
+                      {**factor_tags, **configuration.config.to_params()})
+
+
 def run_configuration(spec: StudySpec, configuration: Configuration, data: PreparedData, folds: list[Fold],
                       parent: str, tests: list[TestSet] | None = None) -> tuple[dict[str, list[float]], list[float]]:
     """One configuration on every fold, as a child run of the study with a grandchild per fold. Returns (per-fold
     test scores per metric, the folds' test/train size ratios)."""
-    factor_tags = {f"factor.{k}": v for k, v in configuration.factors.items()}
-    config_run = create_run(spec.base.experiment, configuration.name, parent,
-                            {"bloodml.task": "study-configuration", "bloodml.study": spec.name,
-                             "masks_used": str(configuration.config.masks != "none").lower(), **factor_tags},
-                            {**factor_tags, **configuration.config.to_params()})
+    config_run = configuration_run(spec, configuration, parent)
     per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
     ratios = []
     for fold in folds:
-        split = fold.split
-        if "val_fraction" in configuration.factors:  # the validation share is the question: carved anew, same tests
-            split = with_validation_share(fold, data.table, configuration.config.val_fraction,
-                                          validation_seed(spec.base.seed, fold.repeat, fold.fold)).split
-        fold_data = dc_replace(data, table=data.table.assign(split=list(split)))
-        if "" in split:  # rows this fold leaves out (a held-out source's classes no training source has)
-            fold_data = dc_replace(fold_data, table=fold_data.table.loc[fold_data.table["split"] != ""].reset_index(
-                drop=True), copies=[])
-        seed = configuration.config.seed + (fold.repeat if spec.protocol in ("cross_dataset", LOSO) else 0)
-        config = dc_replace(configuration.config, run_name=f"{configuration.name}-{fold.name}", gradcam_samples=0,
-                            seed=seed)
-        if spec.protocol == "cv" and "val_fraction" not in configuration.factors:  # the fold run logs the share used
-            config = dc_replace(config, val_fraction=spec.val_fraction)
-        result = run_training(config, data=fold_data, parent_run_id=config_run, log_trained=False, plots=False,
-                              tags={"bloodml.task": "study-fold", "bloodml.study": spec.name, "fold": fold.name,
-                                    **factor_tags})
-        scores = {m: result.metrics[f"test_{m}"] for m in METRICS}
-        if tests:  # the compared scores are the first test dataset's; the in-domain ones are kept beside them
-            per_metric.setdefault("in_domain_macro_f1", []).append(scores["macro_f1"])
-            crossed = {}
-            for index, test in enumerate(tests):
-                values, note = score_on(result.model, result.classes, test, result.shift_profile,
-                                        CallRule.of_run(config, result.classes), config.adapt_bn, config.test_blur)
-                if note and fold is folds[0]:
-                    say(f"note: {note}")
-                crossed.update({f"cross_{test.name}_{k}": v for k, v in values.items()})
-                if index == 0:
-                    scores = {m: values[m] for m in METRICS}
-                    if "shift_far_share" in values:
-                        per_metric.setdefault("shift_far_share", []).append(values["shift_far_share"])
-                else:
-                    per_metric.setdefault(f"{test.name}_macro_f1", []).append(values["macro_f1"])
-            log_metrics(crossed, run_id=result.run_id)
-        for metric in METRICS:
-            per_metric[metric].append(scores[metric])
-        if configuration.config.group_column and not tests:  # one call per patient: scored per patient
-            for metric in GROUP_METRICS:
-                per_metric.setdefault(metric, []).append(result.metrics.get(f"test_{metric}", float("nan")))
-        ratios.append(result.metrics["n_test"] / result.metrics["n_train"])
+        scores, ratio, _ = run_fold(spec, configuration, data, fold, config_run, tests, first=fold is folds[0])
+        for metric, value in scores.items():
+            per_metric.setdefault(metric, []).append(value)
+        ratios.append(ratio)
+    aggregate_configuration(per_metric, config_run)
+    return per_metric, ratios
+
+
+def aggregate_configuration(per_metric: dict[str, list[float]], config_run: str) -> None:
+    """Each metric's mean, sd and interval over folds, on the configuration's run, which then finishes."""
     aggregated = {}
     for metric, values in per_metric.items():
         mean, std, low, high = mean_ci(np.array(values))
@@ -178,7 +154,55 @@ def run_configuration(spec: StudySpec, configuration: Configuration, data: Prepa
                            (("mean", mean), ("std", std), ("ci_low", low), ("ci_high", high)) if np.isfinite(v)})
     log_metrics(aggregated, run_id=config_run)
     finish_run(config_run)
-    return per_metric, ratios
+
+
+def run_fold(spec: StudySpec, configuration: Configuration, data: PreparedData, fold: Fold, config_run: str,
+             tests: list[TestSet] | None = None, first: bool = True,
+             extra_tags: dict | None = None) -> tuple[dict[str, float], float, str]:
+    """One configuration on one fold, as a grandchild run of the study. Returns (its test scores by metric, its
+    test/train size ratio, its run ID): one cell of the study, the same whichever process runs it."""
+    factor_tags = {f"factor.{k}": v for k, v in configuration.factors.items()}
+    per_metric: dict[str, float] = {}
+    split = fold.split
+    if "val_fraction" in configuration.factors:  # the validation share is the question: carved anew, same tests
+        split = with_validation_share(fold, data.table, configuration.config.val_fraction,
+                                      validation_seed(spec.base.seed, fold.repeat, fold.fold)).split
+    fold_data = dc_replace(data, table=data.table.assign(split=list(split)))
+    if "" in split:  # rows this fold leaves out (a held-out source's classes no training source has)
+        fold_data = dc_replace(fold_data, table=fold_data.table.loc[fold_data.table["split"] != ""].reset_index(
+            drop=True), copies=[])
+    seed = configuration.config.seed + (fold.repeat if spec.protocol in ("cross_dataset", LOSO) else 0)
+    config = dc_replace(configuration.config, run_name=f"{configuration.name}-{fold.name}", gradcam_samples=0,
+                        seed=seed)
+    if spec.protocol == "cv" and "val_fraction" not in configuration.factors:  # the fold run logs the share used
+        config = dc_replace(config, val_fraction=spec.val_fraction)
+    result = run_training(config, data=fold_data, parent_run_id=config_run, log_trained=False, plots=False,
+                          tags={"bloodml.task": "study-fold", "bloodml.study": spec.name, "fold": fold.name,
+                                **factor_tags, **(extra_tags or {})})
+    scores = {m: result.metrics[f"test_{m}"] for m in METRICS}
+    if tests:  # the compared scores are the first test dataset's; the in-domain ones are kept beside them
+        per_metric["in_domain_macro_f1"] = scores["macro_f1"]
+        crossed = {}
+        for index, test in enumerate(tests):
+            values, note = score_on(result.model, result.classes, test, result.shift_profile,
+                                    CallRule.of_run(config, result.classes), config.adapt_bn, config.test_blur)
+            if note and first:
+                say(f"note: {note}")
+            crossed.update({f"cross_{test.name}_{k}": v for k, v in values.items()})
+            if index == 0:
+                scores = {m: values[m] for m in METRICS}
+                if "shift_far_share" in values:
+                    per_metric["shift_far_share"] = values["shift_far_share"]
+            else:
+                per_metric[f"{test.name}_macro_f1"] = values["macro_f1"]
+        log_metrics(crossed, run_id=result.run_id)
+    for metric in METRICS:
+        per_metric[metric] = scores[metric]
+    if configuration.config.group_column and not tests:  # one call per patient: scored per patient
+        for metric in GROUP_METRICS:
+            per_metric[metric] = result.metrics.get(f"test_{metric}", float("nan"))
+    return {**{m: per_metric[m] for m in METRICS}, **per_metric}, result.metrics["n_test"] / result.metrics["n_train"], \
+        result.run_id
 
 
 def compare_configurations(spec: StudySpec, scores: Scores, ratio: float) -> list:
@@ -197,6 +221,15 @@ def close_study_run(result: StudyResult, out: Path) -> None:
     finish_run(result.parent_run_id)
 
 
+def study_setup(spec: StudySpec) -> tuple[str, PreparedData, list[Fold]]:
+    """Threads and seeds, the tracking store, every backbone built once, the data and the folds."""
+    configure(spec.base.threads, spec.base.seed)
+    uri = configure_tracking()
+    check_backbones(spec)
+    data = study_data(spec)
+    return uri, data, study_folds(spec, data)
+
+
 def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult | FewShotResult:
     if spec.protocol == FEW_SHOT:  # a source model per draw, adapted per k and selection: its own runner
         if resume:
@@ -204,11 +237,7 @@ def run_study(spec: StudySpec, out: Path, resume: bool = False) -> StudyResult |
         check_backbones(spec)
         return run_few_shot(spec, out, study_data(spec))
     started = time.perf_counter()
-    configure(spec.base.threads, spec.base.seed)
-    uri = configure_tracking()
-    check_backbones(spec)
-    data = study_data(spec)
-    folds = study_folds(spec, data)
+    uri, data, folds = study_setup(spec)
     leaks = audit_folds(data, folds)
     tests = load_test_sets(spec.tests) if spec.tests else None
     say(f"study {spec.name}: {len(spec.configurations)} configurations x {len(folds)} folds; {len(data.table)} "

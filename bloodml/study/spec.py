@@ -56,6 +56,8 @@ class StudySpec:
     selections: list[str] = field(default_factory=list)  # few_shot: random and/or suggested
     questions: list[Question] = field(default_factory=list)
     refit: bool = False  # then train the best configuration on all the data (bloodml refit)
+    source: str = ""  # the study file it was read from, and the run parameters given on top of it
+    overrides: dict = field(default_factory=dict)
 
 
 def _levels(factor: str, value: Any, source: str) -> dict[str, dict[str, Any]]:
@@ -104,6 +106,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     controls = content.get("controls") or {}
     spec.configurations = _configurations(factors, reference, controls, settings, base)
     spec.questions = _questions(content, factors, reference, spec.configurations, source)
+    spec.source, spec.overrides = str(Path(path).resolve()), dict(overrides or {})
     spec.refit = content.get("refit", False)
     if not isinstance(spec.refit, bool):
         raise BloodmlError(f"{source}: refit: {spec.refit!r} is not true or false.")

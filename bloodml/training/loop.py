@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..compute import CPU, Compute
+from ..parallel import Parallel
 from ..inputs.dataset import ImageSet
 from ..inputs.input_spec import InputSpec
 from ..inputs.transforms import Augmentation, Preprocess
@@ -316,15 +318,28 @@ class NaiveHeadTrainer(HeadTrainer):
         return self._features(self.val.images, self.val.regions)
 
 
+class _Network(nn.Module):
+    """Backbone then head, as one module (what DDP wraps)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
 class FinetuneTrainer(_Trainer):
     """Trains the last block (``finetune=last``) or the whole backbone (``all``) with the head, images augmented
     on the fly; the first ``freeze_epochs`` train the head alone."""
 
     def __init__(self, backbone: Backbone, preprocess: Preprocess, head: Head, train: ImageSet, val: ImageSet,
                  spec: InputSpec, transform: Augmentation | None, finetuning: FinetuneSettings, num_classes: int,
-                 settings: TrainSettings, eval_batch: int | None = None, compute: Compute = CPU):
+                 settings: TrainSettings, eval_batch: int | None = None, compute: Compute = CPU,
+                 processes: Parallel = Parallel()):
         finetune, freeze_epochs = finetuning.finetune, finetuning.freeze_epochs
         super().__init__(head, train.labels, num_classes, settings, compute)
+        self.processes = processes
         self.drop_last = True
         backbone.to(compute.device)
         preprocess.to(compute.device)
@@ -345,6 +360,13 @@ class FinetuneTrainer(_Trainer):
                             {"params": self.unfrozen, "lr": settings.lr * finetuning.backbone_lr_factor}])
         self.backbone.to(memory_format=torch.channels_last)
         self.modules_trained = nn.ModuleDict({"backbone": backbone, "head": head})
+        self.network: nn.Module = _Network(backbone, head)
+        if processes.several:  # DDP: the gradients averaged over the processes at every step
+            for p in self.unfrozen:
+                p.requires_grad_(True)
+            self.network = DistributedDataParallel(
+                self.network, device_ids=[compute.device.index] if compute.device.type == "cuda" else None,
+                find_unused_parameters=freeze_epochs > 0)
         self.start_weight_average()
 
     def averaged_module(self) -> nn.Module:
@@ -367,7 +389,7 @@ class FinetuneTrainer(_Trainer):
         """Images and region maps already on the device -> logits (float32), under the run's precision."""
         x = self.preprocess(self.spec.network_input(images, regions)).contiguous(memory_format=torch.channels_last)
         with self.compute.autocast():
-            return self.head(self.backbone(x)).float()
+            return self.network(x).float()
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         self._set_mode(epoch)
@@ -384,7 +406,15 @@ class FinetuneTrainer(_Trainer):
             losses.append(self.optimise(self.optimiser, logits, y))
             sizes.append(len(index))
             correct += (logits.argmax(1) == y).sum()
-        return self.summarise(losses, sizes, correct)
+        loss, accuracy = self.summarise(losses, sizes, correct)
+        if self.processes.several:  # every process's share of the epoch, as one epoch
+            n = float(sum(sizes))
+            total_loss, total_correct, total_n = self.processes.total(loss * n, accuracy * n, n)
+            loss, accuracy = total_loss / max(total_n, 1), total_correct / max(total_n, 1)
+        return loss, accuracy
+
+    def batches(self) -> list[np.ndarray]:
+        return self.processes.shard(super().batches())
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -5,18 +5,14 @@ Model Registry. Several workers (on several machines) share a study through its 
 from __future__ import annotations
 
 import os
-import random
 import re
 import tempfile
-import threading
 import time
-import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from ..config import RunConfig, replace
@@ -31,16 +27,11 @@ from ..train import StopRun, run_training
 from ..refit import run_refit
 from .champion import promote
 from .space import load_space, suggest
+from .storage import HEARTBEAT_S, Heartbeat, open_storage, shown_storage
 
 OBJECTIVES = {"val_macro_f1": "maximize", "val_balanced_accuracy": "maximize", "val_accuracy": "maximize",
               "val_loss": "minimize"}
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-# How often a running trial proves its worker alive, and after how long without it the trial counts as lost.
-# The ask/tell loop below records heartbeats itself (Optuna warns that they are meant for Study.optimize).
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", module="optuna")
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-HEARTBEAT_S = int(os.environ.get("BLOODML_HEARTBEAT_S", "10"))
-GRACE_S = int(os.environ.get("BLOODML_GRACE_S", "40"))
 
 
 @dataclass(frozen=True)
@@ -67,30 +58,6 @@ def default_study_name(config: RunConfig) -> str:
     return f"{default_model_name(config)}-{config.backbone}-{config.masks}"
 
 
-def _storage(url: str) -> RDBStorage:
-    def mark_mlflow_failed(study: optuna.Study, trial) -> None:
-        """A worker died mid-trial (heartbeat stopped): its MLflow run is marked FAILED too."""
-        runs = find_runs(f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}' "
-                         f"and attributes.status = 'RUNNING'")
-        for run in runs:
-            set_tags({"bloodml.state": "FAILED (worker lost)"}, run.info.run_id)
-            finish_run(run.info.run_id, "FAILED")
-        RetryFailedTrialCallback(max_retry=1)(study, trial)
-
-    last: Exception | None = None
-    for attempt in range(6):  # workers opening a new database together race to create its tables: retry
-        try:
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=mark_mlflow_failed)
-        except Exception as exc:
-            last = exc
-            time.sleep(0.5 * (attempt + 1) + random.random())
-    reason = scrubbed(str(last).splitlines()[0][:160] if str(last) else type(last).__name__, url)
-    raise BloodmlError(f"Optuna storage '{shown_storage(url)}' cannot be opened ({reason}); pass storage="
-                       f"sqlite:///optuna.db or a reachable postgresql://user@host/db (password in PGPASSFILE or "
-                       f"PGPASSWORD, not in the URL).")
-
-
 def _pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
@@ -99,17 +66,6 @@ def _pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "none":
         return optuna.pruners.NopPruner()
     raise BloodmlError(f"pruner='{name}' is unknown; use median, halving or none.")
-
-
-def shown_storage(url: str) -> str:
-    """A storage URL fit to print or log: a password in it replaced by *** (the user name stays)."""
-    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)
-
-
-def scrubbed(text: str, url: str) -> str:
-    """``text`` (a driver's error, say) with the URL's password, if any, replaced by ***."""
-    password = urllib.parse.urlsplit(url).password if "://" in url else None
-    return text.replace(password, "***") if password else text
 
 
 def dashboard_hint(url: str) -> str:
@@ -145,27 +101,6 @@ def _slot_taken(study: optuna.Study, number: int, n_trials: int) -> bool:
     """True when ``n_trials`` counted trials with smaller numbers exist (this trial would be one too many)."""
     earlier = [t for t in study.get_trials(deepcopy=False, states=COUNTED) if t.number < number]
     return len(earlier) >= n_trials
-
-
-class _Heartbeat:
-    """Records a trial's heartbeat from a thread, so dead workers' trials are detected by the others."""
-
-    def __init__(self, storage: RDBStorage, trial_id: int):
-        self.storage, self.trial_id, self.stop = storage, trial_id, threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self):
-        while not self.stop.wait(HEARTBEAT_S):
-            self.storage.record_heartbeat(self.trial_id)
-
-    def __enter__(self):
-        self.storage.record_heartbeat(self.trial_id)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
 
 
 def _log_study_plots(study: optuna.Study, parent_run_id: str) -> None:
@@ -215,7 +150,7 @@ def tune(config: RunConfig, settings: TuneSettings) -> dict:
     configure(config.threads, config.seed)
     uri = configure_tracking()
     name = settings.study_name or default_study_name(config)
-    storage = _storage(settings.storage)
+    storage = open_storage(settings.storage)
     sampler = optuna.samplers.TPESampler(seed=config.seed + os.getpid() if not settings.storage.startswith("sqlite")
                                          else config.seed)
     study = optuna.create_study(study_name=name, storage=storage, direction=OBJECTIVES[settings.objective],
@@ -260,7 +195,7 @@ def tune(config: RunConfig, settings: TuneSettings) -> dict:
             break
         mine.add(trial.number)
         say(f"trial {trial.number} ({len(counted) + 1}/{settings.n_trials}) of study {name}")
-        with _Heartbeat(storage, trial._trial_id):
+        with Heartbeat(storage, trial._trial_id):
             try:
                 value = objective(trial)
                 study.tell(trial, value)
